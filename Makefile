@@ -1,0 +1,51 @@
+# video2mp3 — run `make help` for the list of targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(abspath .)
+PY := $(ROOT)/.venv/bin/python
+BUF := $(ROOT)/.tools/node_modules/.bin/buf
+export PYTHONPATH := $(ROOT):$(ROOT)/gen
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## show this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: bootstrap
+bootstrap: ## install the Python environment (.venv) and buf (.tools); fast when done
+	@bash dev/bootstrap.sh
+
+.PHONY: protos
+protos: bootstrap ## generate Python and type stubs from protos/ into gen/
+	@bash dev/gen_protos.sh gen
+
+.PHONY: lint
+lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
+	@cd $(ROOT) && $(BUF) lint
+	@tmp=$$(mktemp -d) && bash dev/gen_protos.sh $$tmp && \
+	  if ! diff -r -q gen/video2mp3 $$tmp/video2mp3 >/dev/null; then \
+	    diff -r -q gen/video2mp3 $$tmp/video2mp3; rm -rf $$tmp; \
+	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
+	@$(ROOT)/.venv/bin/ruff check .
+	@$(ROOT)/.venv/bin/ruff format --check .
+	@$(ROOT)/.venv/bin/mypy common auth storage gateway converter notifier tests dev/smtp_sink.py
+
+.PHONY: fmt
+fmt: bootstrap ## format the Python code with ruff
+	@$(ROOT)/.venv/bin/ruff check --fix . ; $(ROOT)/.venv/bin/ruff format .
+
+.PHONY: infra
+infra: bootstrap ## install (if missing) and start RabbitMQ, MariaDB, FerretDB and the SMTP sink
+	@bash dev/infra.sh up
+
+.PHONY: infra-down
+infra-down: ## stop the local infrastructure
+	@bash dev/infra.sh down
+
+.PHONY: infra-status
+infra-status: ## show which local servers are up
+	@bash dev/infra.sh status
+
+.PHONY: test
+test: infra ## run the whole test suite against real servers
+	@$(PY) -m pytest $(PYTEST_ARGS)
