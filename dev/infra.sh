@@ -16,6 +16,7 @@ source "$ROOT/dev/defaults.env"
 STATE="$INFRA_DIR"
 LOGS="$STATE/logs"
 mkdir -p "$STATE" "$LOGS"
+chmod 755 "$STATE"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -46,6 +47,8 @@ apt_install() { # packages...
 
 # ---------------------------------------------------------------- MariaDB
 mariadb_sock="$STATE/mariadb/mysqld.sock"
+# The client reads MYSQL_HOST from the environment and would then use TCP, where root has no access.
+root_sql() { env -u MYSQL_HOST -u MYSQL_PWD mariadb --protocol=socket --socket="$mariadb_sock" -uroot "$@"; }
 mariadb_up() {
   if port_open "$MYSQL_HOST" "$MYSQL_PORT" && [[ ! -f "$STATE/mariadb/mysqld.pid" ]]; then
     log "something already listens on $MYSQL_HOST:$MYSQL_PORT; using it as MySQL"
@@ -66,13 +69,17 @@ mariadb_up() {
     setsid mariadbd --no-defaults --user=mysql --datadir="$data" --bind-address="$MYSQL_HOST" \
       --port="$MYSQL_PORT" --socket="$mariadb_sock" --pid-file="$STATE/mariadb/mysqld.pid" \
       --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
-      --max-connections=500 --innodb-buffer-pool-size=64M --log-error="$LOGS/mariadb.log" \
+      --max-connections=500 --innodb-buffer-pool-size=64M --log-error="$STATE/mariadb/mariadb.log" \
       </dev/null >/dev/null 2>&1 &
     wait_port "$MYSQL_HOST" "$MYSQL_PORT" MariaDB 60
-    local i; for ((i = 0; i < 100; i++)); do [[ -f "$STATE/mariadb/mysqld.pid" ]] && break; sleep 0.1; done
   fi
+  local i
+  for ((i = 0; i < 300; i++)); do
+    root_sql -e 'SELECT 1' >/dev/null 2>&1 && break
+    sleep 0.1
+  done
   # The application user may create the databases named video2mp3* (tests make one each).
-  mariadb --socket="$mariadb_sock" -uroot <<SQL
+  root_sql <<SQL
 CREATE DATABASE IF NOT EXISTS \`$MYSQL_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE USER IF NOT EXISTS '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
 CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
@@ -112,6 +119,12 @@ rabbitmq_up() {
     log "starting RabbitMQ on $RABBITMQ_HOST:$RABBITMQ_PORT"
     rabbitmq-server -detached >"$LOGS/rabbitmq-start.log" 2>&1
   fi
+  # -detached returns before the node registers; wait for it to answer, then for full start.
+  local i
+  for ((i = 0; i < 120; i++)); do
+    rabbitmqctl -q -n "$RABBITMQ_NODENAME" ping >/dev/null 2>&1 && break
+    sleep 0.5
+  done
   rabbitmqctl -q -n "$RABBITMQ_NODENAME" await_startup --timeout 120 >/dev/null
   if ! rabbitmqctl -q -n "$RABBITMQ_NODENAME" list_users | grep -q "^$RABBITMQ_USER\b"; then
     rabbitmqctl -q -n "$RABBITMQ_NODENAME" add_user "$RABBITMQ_USER" "$RABBITMQ_PASSWORD" >/dev/null

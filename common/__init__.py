@@ -1,0 +1,1 @@
+"""What every video2mp3 service shares: settings, logging, gRPC bootstrap, AMQP helpers."""

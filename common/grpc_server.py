@@ -1,0 +1,191 @@
+"""gRPC server bootstrap shared by auth and storage.
+
+``create_server`` builds a server with the standard health service (per-service status),
+server reflection and the request interceptor; ``serve_forever`` runs it until SIGTERM or
+SIGINT, then marks health NOT_SERVING, stops with a grace period and runs clean-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("grpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestInterceptor(grpc.ServerInterceptor):
+    """Logs one line per call (method, code, duration, request id) and turns unexpected
+    exceptions into INTERNAL with a generic message: no stack trace reaches a client."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if method.startswith(("/grpc.health.v1.", "/grpc.reflection.")):
+            return handler
+
+        def finish(context: grpc.ServicerContext, rid: str, started: float, error: BaseException | None) -> None:
+            code = context.code() if hasattr(context, "code") else None  # type: ignore[attr-defined]
+            if error is not None and code is None:
+                log.error(
+                    "unhandled error",
+                    exc_info=(type(error), error, error.__traceback__),
+                    extra={"method": method, "request_id": rid},
+                )
+            name = code.name if isinstance(code, grpc.StatusCode) else ("INTERNAL" if error else "OK")
+            log.info(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": name,
+                    "request_id": rid,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
+
+        def guard(context: grpc.ServicerContext, error: BaseException) -> None:
+            code = context.code() if hasattr(context, "code") else None  # type: ignore[attr-defined]
+            if code is None:
+                context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise error
+
+        def wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+                rid, started = _request_id(context), time.monotonic()
+                try:
+                    response = behavior(request_or_iterator, context)
+                except Exception as error:
+                    finish(context, rid, started, error)
+                    guard(context, error)
+                    raise
+                finish(context, rid, started, None)
+                return response
+
+            return call
+
+        def wrap_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+            def call(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                rid, started = _request_id(context), time.monotonic()
+                try:
+                    yield from behavior(request_or_iterator, context)
+                except Exception as error:
+                    finish(context, rid, started, error)
+                    guard(context, error)
+                    raise
+                finish(context, rid, started, None)
+
+            return call
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))  # type: ignore[attr-defined]
+        if handler.stream_unary:
+            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))  # type: ignore[attr-defined]
+        if handler.unary_stream:
+            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))  # type: ignore[attr-defined]
+        if handler.stream_stream:
+            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))  # type: ignore[attr-defined]
+        return handler
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+    service_names: list[str]
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in [*self.service_names, ""]:
+            self.health.set(name, status)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """NOT_SERVING first (so probes drain traffic), then a graceful stop, then clean-up."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for callback in self.on_stop:
+            try:
+                callback()
+            except Exception:
+                log.exception("clean-up after stop failed")
+
+
+def create_server(
+    registrations: Iterable[tuple[str, Callable[[grpc.Server], None]]],
+    port: int,
+    host: str = "127.0.0.1",
+    max_workers: int = 16,
+    max_message_bytes: int = 8 * 1024 * 1024,
+) -> GrpcServer:
+    """Build (not start) a server. ``registrations`` pairs each full service name with a
+    function that adds its servicer. ``port=0`` picks a free port (for tests)."""
+    registrations = list(registrations)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[RequestInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    names = []
+    for name, add in registrations:
+        add(server)
+        names.append(name)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    result = GrpcServer(server=server, health=health_servicer, port=bound, service_names=names)
+    result.set_serving(False)
+    return result
+
+
+def serve_forever(srv: GrpcServer, grace: float = 10.0) -> None:
+    """Start, mark SERVING, and block until SIGTERM/SIGINT; then stop gracefully."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    srv.server.start()
+    srv.set_serving(True)
+    log.info("serving", extra={"port": srv.port, "services": ",".join(srv.service_names)})
+    stopping.wait()
+    srv.stop(grace)
+    log.info("stopped")
