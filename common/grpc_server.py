@@ -45,12 +45,14 @@ class RequestInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if method.startswith(("/grpc.health.v1.", "/grpc.reflection.")):
             return handler
 
-        def finish(context: grpc.ServicerContext, rid: str, started: float, error: BaseException | None) -> None:
-            code = context.code() if hasattr(context, "code") else None  # type: ignore[attr-defined]
+        def finish(
+            context: grpc.ServicerContext, rid: str, started: float, error: BaseException | None
+        ) -> None:
+            code = context.code() if hasattr(context, "code") else None
             if error is not None and code is None:
                 log.error(
                     "unhandled error",
@@ -69,7 +71,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
             )
 
         def guard(context: grpc.ServicerContext, error: BaseException) -> None:
-            code = context.code() if hasattr(context, "code") else None  # type: ignore[attr-defined]
+            code = context.code() if hasattr(context, "code") else None
             if code is None:
                 context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise error
@@ -102,13 +104,13 @@ class RequestInterceptor(grpc.ServerInterceptor):
             return call
 
         if handler.unary_unary:
-            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))  # type: ignore[attr-defined]
+            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
         if handler.stream_unary:
-            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))  # type: ignore[attr-defined]
+            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
         if handler.unary_stream:
-            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))  # type: ignore[attr-defined]
+            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
         if handler.stream_stream:
-            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))  # type: ignore[attr-defined]
+            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
         return handler
 
 

@@ -22,7 +22,7 @@ class MaildirHandler:
         self.maildir = maildir
         self.maildir.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         name = f"{uuid.uuid4().hex}.eml"
         tmp = self.maildir / f".{name}.tmp"
         content = envelope.original_content or b""
@@ -46,7 +46,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
     loop.run_until_complete(stop)
     controller.stop()
 

@@ -1,0 +1,164 @@
+"""A media factory for tests: writes real video and audio files with PyAV.
+
+    make_media(tmp_path / "clip.mp4", MediaSpec(container="mp4", audio_codec="aac", duration=2.0))
+
+Files are small (tiny frames, few fps) so a test suite can make many of them quickly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# Container → (format name, default video codec, default audio codec)
+CONTAINERS: dict[str, tuple[str, str | None, str | None]] = {
+    "mp4": ("mp4", "libx264", "aac"),
+    "mov": ("mov", "libx264", "aac"),
+    "mkv": ("matroska", "libx264", "opus"),
+    "webm": ("webm", "libvpx", "opus"),
+    "avi": ("avi", "mpeg4", "mp3"),
+    "flv": ("flv", "flv", "mp3"),
+    "ts": ("mpegts", "mpeg2video", "mp2"),
+    "m4a": ("mp4", None, "aac"),
+    "mp3": ("mp3", None, "mp3"),
+    "wav": ("wav", None, "pcm_s16le"),
+    "ogg": ("ogg", None, "vorbis"),
+    "flac": ("flac", None, "flac"),
+}
+
+ENCODERS = {"mp3": "libmp3lame", "opus": "libopus"}
+FIXED_RATES = {"opus": 48000, "libopus": 48000}
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    container: str = "mp4"
+    video_codec: str | None = "default"  # None: no video stream
+    audio_codec: str | None = "default"  # None: no audio stream
+    duration: float = 2.0
+    channels: int = 2
+    sample_rate: int = 44100
+    width: int = 64
+    height: int = 48
+    fps: int = 10
+    audio_tracks: int = 1
+    frequency: float = 440.0
+
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels, f"{channels}c")
+
+
+def make_media(path: Path, spec: MediaSpec | None = None) -> Path:
+    spec = spec or MediaSpec()
+    fmt, default_video, default_audio = CONTAINERS[spec.container]
+    video_codec = default_video if spec.video_codec == "default" else spec.video_codec
+    audio_codec = default_audio if spec.audio_codec == "default" else spec.audio_codec
+    if video_codec is None and audio_codec is None:
+        raise ValueError("a media file needs at least one stream")
+
+    with av.open(str(path), mode="w", format=fmt) as out:
+        vstream: av.VideoStream | None = None
+        if video_codec is not None:
+            added = out.add_stream(video_codec, rate=spec.fps)
+            assert isinstance(added, av.VideoStream)
+            vstream = added
+            vstream.width, vstream.height = spec.width, spec.height
+            vstream.pix_fmt = "yuv420p"
+            if video_codec == "libx264":
+                vstream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        astreams: list[av.AudioStream] = []
+        if audio_codec is not None:
+            encoder = ENCODERS.get(audio_codec, audio_codec)
+            rate = FIXED_RATES.get(encoder, spec.sample_rate)
+            for _ in range(spec.audio_tracks):
+                # FFmpeg's own Vorbis encoder is marked experimental.
+                options = {"strict": "experimental"} if encoder == "vorbis" else {}
+                astream = out.add_stream(encoder, rate=rate, options=options)
+                assert isinstance(astream, av.AudioStream)
+                astream.layout = _layout(spec.channels)
+                astreams.append(astream)
+
+        if vstream is not None:
+            _write_video(out, vstream, spec)
+        for index, astream in enumerate(astreams):
+            _write_audio(out, astream, spec, spec.frequency * (index + 1))
+    return path
+
+
+def _write_video(out: av.container.OutputContainer, stream: av.VideoStream, spec: MediaSpec) -> None:
+    frames = max(1, round(spec.duration * spec.fps))
+    for i in range(frames):
+        img = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
+        img[:, :, 0] = (i * 7) % 256
+        img[:, : spec.width // 2, 1] = 200
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i
+        frame.time_base = Fraction(1, spec.fps)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def _write_audio(
+    out: av.container.OutputContainer, stream: av.AudioStream, spec: MediaSpec, frequency: float
+) -> None:
+    ctx = stream.codec_context
+    rate = ctx.sample_rate
+    total = round(spec.duration * rate)
+    resampler = av.AudioResampler(
+        format=ctx.format, layout=ctx.layout, rate=rate, frame_size=ctx.frame_size or 1024
+    )
+    chunk = 4096
+    for start in range(0, total, chunk):
+        n = min(chunk, total - start)
+        t = (np.arange(start, start + n) / rate).astype(np.float32)
+        tone = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+        planes = np.tile(tone, (spec.channels, 1))
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=_layout(spec.channels))
+        frame.sample_rate = rate
+        frame.pts = start
+        for resampled in resampler.resample(frame):
+            out.mux(stream.encode(resampled))
+    for resampled in resampler.resample(None):
+        out.mux(stream.encode(resampled))
+    out.mux(stream.encode(None))
+
+
+def audio_duration(path: Path) -> float:
+    """Duration of the first audio stream, from the decoded samples (not the header)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = 0
+        rate = stream.codec_context.sample_rate
+        for frame in container.decode(stream):
+            samples += frame.samples
+            rate = frame.sample_rate
+        return samples / rate
+
+
+def audio_info(path: Path) -> dict[str, object]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return {
+            "codec": stream.codec_context.name,
+            "channels": stream.codec_context.channels,
+            "sample_rate": stream.codec_context.sample_rate,
+            "bit_rate": stream.codec_context.bit_rate or container.bit_rate,
+            "format": container.format.name,
+        }
+
+
+def truncated_copy(source: Path, target: Path, fraction: float = 0.3) -> Path:
+    data = source.read_bytes()
+    target.write_bytes(data[: max(1, int(len(data) * fraction))])
+    return target
+
+
+def random_file(path: Path, size: int = 64 * 1024) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
