@@ -1,8 +1,10 @@
 """Settings from environment variables.
 
-Each service describes its settings in its own ``settings.py`` with these helpers. A
-required variable that is missing (or malformed) stops the process at start with a
-message that names it.
+Each service describes its settings in its own ``settings.py``: a frozen dataclass
+``Settings`` with ``Settings.from_env(env=None)`` that reads every variable through these
+helpers, passing ``env`` along (a test records which names a service reads, to check the
+Kubernetes ConfigMaps and Secrets against the code). A required variable that is missing
+(or malformed) stops the process at start with a message that names it.
 """
 
 from __future__ import annotations
