@@ -49,3 +49,19 @@ infra-status: ## show which local servers are up
 .PHONY: test
 test: infra ## run the whole test suite against real servers
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: up
+up: ## run the whole system on loopback (infrastructure + five services), wait until healthy
+	@bash dev/up.sh up
+
+.PHONY: down
+down: ## stop the services and the infrastructure that `make up` started
+	@bash dev/up.sh down
+
+.PHONY: logs
+logs: ## follow the services' logs
+	@bash dev/up.sh logs
+
+.PHONY: status
+status: ## show whether the services and the infrastructure are up
+	@bash dev/up.sh status
