@@ -38,7 +38,9 @@ def serving(port: int) -> bool:
 
 def test_auth_process_grpcurl_health_and_graceful_stop(infra: Any, tmp_path: Path) -> None:
     port = free_port()
-    proc = ServiceProcess("auth", python_module("auth"), auth_env(infra, AUTH_PORT=str(port)), tmp_path)
+    # Production argon2 parameters: a login then takes long enough to be "in flight" below.
+    env = auth_env(infra, AUTH_PORT=str(port), ARGON2_TIME_COST="3", ARGON2_MEMORY_KIB="65536")
+    proc = ServiceProcess("auth", python_module("auth"), env, tmp_path)
     proc.start()
     try:
         wait_for(lambda: serving(port), timeout=30, what="auth SERVING")
@@ -67,9 +69,13 @@ def test_auth_process_grpcurl_health_and_graceful_stop(infra: Any, tmp_path: Pat
         # SIGTERM during a call: the call finishes, the process exits 0.
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
-            future = stub.Login.future(
-                pb.LoginRequest(email=email, password="a perfectly fine passphrase"), timeout=10
-            )
+            request = pb.LoginRequest(email=email, password="a perfectly fine passphrase")
+            stub.Login(request, timeout=10)  # connected, and the timing is known
+            began = time.monotonic()
+            stub.Login(request, timeout=10)
+            login_seconds = time.monotonic() - began
+            future = stub.Login.future(request, timeout=10)
+            time.sleep(min(0.05, login_seconds / 4))
             proc.signal(signal.SIGTERM)
             assert future.result().user.email == email
         started = time.monotonic()
