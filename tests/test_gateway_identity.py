@@ -291,3 +291,41 @@ def test_gateway_settings_defaults() -> None:
     assert settings.auth_address == "127.0.0.1:5000" and settings.storage_address == "127.0.0.1:5001"
     assert settings.rabbitmq_url.startswith("amqp://")
     assert Settings.from_env({"RABBITMQ_HOST": "mq"}).rabbitmq_url.startswith("amqp://guest:guest@mq:5672/")
+
+
+def test_token_check_has_a_deadline(auth_gateway_factory: Any) -> None:
+    """An auth server that accepts connections but never answers: the request still ends
+    (503) within the configured deadline instead of hanging a worker thread."""
+    import socket
+    import time
+
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(16)
+        port = blackhole.getsockname()[1]
+        app = auth_gateway_factory(AUTH_SVC_ADDRESS=f"127.0.0.1:{port}", AUTH_TIMEOUT_SECONDS="1")
+        started = time.monotonic()
+        response = app.test_client().get("/me", headers={"Authorization": "Bearer abc.def.ghi"})
+        elapsed = time.monotonic() - started
+    assert_json_error(response, 503, "unavailable")
+    assert 0.8 <= elapsed < 5
+
+
+def test_clients_are_lazy_and_per_process(auth_gateway_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from gateway.clients import EXTENSION
+
+    app = auth_gateway_factory()
+    clients = app.extensions[EXTENSION]
+    assert clients._channels == {} and clients._publisher is None  # nothing opened at creation
+    assert app.test_client().get("/readyz").status_code == 200
+    first = clients.channel("auth")
+    assert clients.channel("auth") is first  # reused within a process
+    # In a forked worker (another pid) nothing inherited is reused.
+    parent_pid = os.getpid()
+    monkeypatch.setattr("gateway.clients.os.getpid", lambda: parent_pid + 1)
+    assert clients.channel("auth") is not first
+    assert app.test_client().get("/readyz").status_code == 200
+    monkeypatch.undo()
+    first.close()
