@@ -65,3 +65,7 @@ logs: ## follow the services' logs
 .PHONY: status
 status: ## show whether the services and the infrastructure are up
 	@bash dev/up.sh status
+
+.PHONY: mail
+mail: ## list the emails the local SMTP sink received (python dev/mail.py --help for more)
+	@$(PY) dev/mail.py
