@@ -1,0 +1,24 @@
+"""``python -m auth``: run the auth gRPC server until SIGTERM."""
+
+from __future__ import annotations
+
+from auth.server import create_server
+from auth.settings import Settings
+from common.config import SettingsError, exit_on_settings_error
+from common.grpc_server import serve_forever
+from common.logs import setup_logging
+
+
+def main() -> None:
+    setup_logging("auth")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        exit_on_settings_error("auth", error)
+        return
+    srv = create_server(settings, port=settings.port)
+    serve_forever(srv, grace=settings.stop_grace_seconds)
+
+
+if __name__ == "__main__":
+    main()
