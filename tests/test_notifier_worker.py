@@ -219,7 +219,8 @@ def test_failure_mail_says_why(
     assert notifier.handle(delivery(event)) is Outcome.ACK
     [msg] = scripted_smtp.handler.received
     assert msg["Subject"] == "We could not convert silent.mp4"
-    assert "Why: the video has no sound track" in msg.get_body(("plain",)).get_content()
+    body = msg.get_body(("plain",))
+    assert body is not None and "Why: the video has no sound track" in body.get_content()
 
 
 def test_smtp_4xx_retries_and_5xx_parks(
