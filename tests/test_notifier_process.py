@@ -32,7 +32,8 @@ ODD_NAME = "Sommer \u2013 Urlaub \U0001f3b5.mp4"
 
 
 class JobStore(Protocol):
-    address: str
+    @property
+    def address(self) -> str: ...
 
     def succeeded(self, user: auth_pb2.User, filename: str) -> tuple[str, str]: ...
     def failed(self, user: auth_pb2.User, filename: str, reason: str) -> str: ...
