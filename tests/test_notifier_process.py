@@ -1,5 +1,6 @@
 """``python -m notifier`` as a process: events published to the real RabbitMQ (a virtual
-host of these tests' own), the real AuthService, a job store, and the tests' SMTP sink."""
+host of these tests' own), the real AuthService, the real storage JobService (jobs with
+real uploaded files), and the tests' SMTP sink."""
 
 from __future__ import annotations
 
@@ -8,74 +9,79 @@ import signal
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import pytest
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.events.v1 import events_pb2
-from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc
+from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Publisher, dead_queue
 from tests.fixtures.auth import unique_email
 from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
-from tests.fixtures.notifier import FakeJobServer
+from tests.fixtures.storage import StorageHandle
 from tests.support import ServiceProcess, free_port, python_module, wait_for
 
 T = 10
 BASE = "http://127.0.0.1:18080"
 QUEUE = "mp3"
+MP3_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40
 ODD_NAME = "Sommer \u2013 Urlaub \U0001f3b5.mp4"
 
 
-class JobStore(Protocol):
-    @property
-    def address(self) -> str: ...
-
-    def succeeded(self, user: auth_pb2.User, filename: str) -> tuple[str, str]: ...
-    def failed(self, user: auth_pb2.User, filename: str, reason: str) -> str: ...
-    def notified(self, job_id: str) -> bool: ...
-
-
 @dataclass
-class FakeStore:
-    fake: FakeJobServer
+class RealStore:
+    """Jobs in the real storage service, made the way gateway and converter make them."""
+
+    storage: StorageHandle
 
     @property
     def address(self) -> str:
-        return self.fake.address
+        return self.storage.address
 
-    def succeeded(self, user: auth_pb2.User, filename: str) -> tuple[str, str]:
-        job = self.fake.jobs.add(
-            owner_id=user.id,
-            owner_email=user.email,
-            filename=filename,
-            state=jobs_pb2.JOB_STATE_SUCCEEDED,
-            mp3_id=uuid.uuid4().hex[:24],
-        )
-        return job.id, job.mp3_id
-
-    def failed(self, user: auth_pb2.User, filename: str, reason: str) -> str:
-        job = self.fake.jobs.add(
-            owner_id=user.id,
-            owner_email=user.email,
-            filename=filename,
-            state=jobs_pb2.JOB_STATE_FAILED,
-            failure_reason=reason,
-        )
+    def _job(self, user: auth_pb2.User, filename: str) -> str:
+        video = self.storage.upload(b"not really a video " * 100, owner_id=user.id, filename=filename)
+        job = self.storage.jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(
+                owner_id=user.id, owner_email=user.email, video_id=video.id, filename=filename
+            ),
+            timeout=T,
+        ).job
+        self._move(job.id, jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_CONVERTING)
         return job.id
 
+    def _move(self, job_id: str, old: int, new: int, **fields: Any) -> None:
+        request = jobs_pb2.TransitionJobRequest(job_id=job_id, expected_state=old, new_state=new, **fields)  # type: ignore[arg-type]
+        self.storage.jobs.TransitionJob(request, timeout=T)
+
+    def succeeded(self, user: auth_pb2.User, filename: str) -> tuple[str, str]:
+        job_id = self._job(user, filename)
+        mp3 = self.storage.upload(
+            MP3_BYTES,
+            owner_id=user.id,
+            bucket=storage_pb2.BUCKET_MP3S,
+            filename=filename.rsplit(".", 1)[0] + ".mp3",
+            content_type="audio/mpeg",
+            job_id=job_id,
+        )
+        self._move(job_id, jobs_pb2.JOB_STATE_CONVERTING, jobs_pb2.JOB_STATE_SUCCEEDED, mp3_id=mp3.id)
+        return job_id, mp3.id
+
+    def failed(self, user: auth_pb2.User, filename: str, reason: str) -> str:
+        job_id = self._job(user, filename)
+        self._move(job_id, jobs_pb2.JOB_STATE_CONVERTING, jobs_pb2.JOB_STATE_FAILED, failure_reason=reason)
+        return job_id
+
     def notified(self, job_id: str) -> bool:
-        stub: jobs_pb2_grpc.JobServiceStub = self.fake.stub
-        return stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=T).job.notified
+        return bool(self.storage.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=T).job.notified)
 
 
 @pytest.fixture
-def store(fake_jobs: FakeJobServer) -> JobStore:
-    return FakeStore(fake_jobs)
+def store(storage_service: StorageHandle) -> RealStore:
+    return RealStore(storage_service)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +124,7 @@ class Running:
 
 @pytest.fixture
 def notifier_process(
-    infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: JobStore, tmp_path: Any
+    infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, tmp_path: Any
 ) -> Iterator[Running]:
     health_port = free_port()
     env = {
@@ -171,7 +177,7 @@ def _link(msg: Any) -> tuple[str, str, str]:
     return f"{parts.scheme}://{parts.netloc}{parts.path}", query["fid"][0], query["token"][0]
 
 
-def _success_event(store: JobStore, user: auth_pb2.User, filename: str) -> events_pb2.ConversionSucceeded:
+def _success_event(store: RealStore, user: auth_pb2.User, filename: str) -> events_pb2.ConversionSucceeded:
     job_id, mp3_id = store.succeeded(user, filename)
     return events_pb2.ConversionSucceeded(
         job_id=job_id, mp3_id=mp3_id, owner_id=user.id, owner_email=user.email, filename=filename
@@ -180,7 +186,7 @@ def _success_event(store: JobStore, user: auth_pb2.User, filename: str) -> event
 
 def test_success_event_sends_one_mail_with_a_working_link(
     notifier_process: Running,
-    store: JobStore,
+    store: RealStore,
     smtp_sink: SmtpSink,
     auth_stub: auth_pb2_grpc.AuthServiceStub,
 ) -> None:
@@ -215,7 +221,7 @@ def test_success_event_sends_one_mail_with_a_working_link(
 
 
 def test_failure_event_says_why(
-    notifier_process: Running, store: JobStore, smtp_sink: SmtpSink, auth_stub: auth_pb2_grpc.AuthServiceStub
+    notifier_process: Running, store: RealStore, smtp_sink: SmtpSink, auth_stub: auth_pb2_grpc.AuthServiceStub
 ) -> None:
     user = _register(auth_stub, "proc-failed")
     reason = "the file has no sound track"
@@ -234,7 +240,7 @@ def test_failure_event_says_why(
 
 
 def test_sink_down_for_a_while_then_the_mail_arrives_once(
-    notifier_process: Running, store: JobStore, smtp_sink: SmtpSink, auth_stub: auth_pb2_grpc.AuthServiceStub
+    notifier_process: Running, store: RealStore, smtp_sink: SmtpSink, auth_stub: auth_pb2_grpc.AuthServiceStub
 ) -> None:
     user = _register(auth_stub, "proc-down")
     event = _success_event(store, user, "late.mp4")
@@ -257,7 +263,7 @@ def test_sink_down_for_a_while_then_the_mail_arrives_once(
 
 def test_bad_message_is_parked_and_the_consumer_keeps_going(
     notifier_process: Running,
-    store: JobStore,
+    store: RealStore,
     smtp_sink: SmtpSink,
     auth_stub: auth_pb2_grpc.AuthServiceStub,
     infra: Infra,
