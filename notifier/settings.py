@@ -60,7 +60,7 @@ class Settings:
             retry_max_seconds=env_float("NOTIFIER_RETRY_MAX_SECONDS", 600.0, env),
             link_ttl_seconds=env_int("DOWNLOAD_LINK_TTL_SECONDS", 7 * 24 * 3600, env),
             grpc_timeout_seconds=env_float("NOTIFIER_GRPC_TIMEOUT_SECONDS", 10.0, env),
-            health_port=env_int("HEALTH_PORT", 8082, env),
+            health_port=env_int("HEALTH_PORT", 0, env),
         )
         if settings.smtp_username and not settings.smtp_password:
             raise SettingsError("environment variable SMTP_PASSWORD is required when SMTP_USERNAME is set")

@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert (s.smtp_host, s.smtp_port, s.smtp_security) == ("localhost", 25, "none")
     assert s.public_base_url == "https://v2m.example"
     assert s.mp3_queue == "mp3" and s.rabbitmq_url.startswith("amqp://guest:guest@localhost:5672/")
-    assert s.health_port == 8082 and s.link_ttl_seconds == 7 * 24 * 3600
+    assert s.health_port == 0 and s.link_ttl_seconds == 7 * 24 * 3600
 
 
 def test_everything_from_env() -> None:
@@ -35,13 +35,13 @@ def test_everything_from_env() -> None:
         "NOTIFIER_MAX_ATTEMPTS": "3",
         "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
         "DOWNLOAD_LINK_TTL_SECONDS": "60",
-        "HEALTH_PORT": "0",
+        "HEALTH_PORT": "8082",
     }
     s = Settings.from_env(env)
     assert (s.smtp_host, s.smtp_port, s.smtp_security) == ("mail", 465, "ssl")
     assert (s.smtp_username, s.smtp_password) == ("u", "p")
     assert s.rabbitmq_url == "amqp://a:b@r:5672/v" and s.mp3_queue == "mp3x"
-    assert (s.max_attempts, s.retry_base_seconds, s.link_ttl_seconds, s.health_port) == (3, 0.5, 60, 0)
+    assert (s.max_attempts, s.retry_base_seconds, s.link_ttl_seconds, s.health_port) == (3, 0.5, 60, 8082)
 
 
 @pytest.mark.parametrize(
