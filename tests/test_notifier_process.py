@@ -202,6 +202,10 @@ def test_success_event_sends_one_mail_with_a_working_link(
         auth_pb2.ValidateDownloadTokenRequest(download_token=token, file_id=fid), timeout=T
     )
     assert ok.user.id == user.id
+    # What the gateway's /download does with it (not built yet): the validated user and
+    # file id fetch exactly the stored MP3.
+    info, data, _ = store.storage.download(ok.file_id, owner_id=ok.user.id, bucket=storage_pb2.BUCKET_MP3S)
+    assert data == MP3_BYTES and info.content_type == "audio/mpeg"
     with pytest.raises(grpc.RpcError) as caught:
         auth_stub.ValidateDownloadToken(
             auth_pb2.ValidateDownloadTokenRequest(download_token=token, file_id=fid[::-1]), timeout=T
