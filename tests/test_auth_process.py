@@ -38,7 +38,9 @@ def serving(port: int) -> bool:
 
 def test_auth_process_grpcurl_health_and_graceful_stop(infra: Any, tmp_path: Path) -> None:
     port = free_port()
-    proc = ServiceProcess("auth", python_module("auth"), auth_env(infra, AUTH_PORT=str(port)), tmp_path)
+    # Production argon2 parameters: a login then takes long enough to be "in flight" below.
+    env = auth_env(infra, AUTH_PORT=str(port), ARGON2_TIME_COST="3", ARGON2_MEMORY_KIB="65536")
+    proc = ServiceProcess("auth", python_module("auth"), env, tmp_path)
     proc.start()
     try:
         wait_for(lambda: serving(port), timeout=30, what="auth SERVING")
@@ -67,9 +69,13 @@ def test_auth_process_grpcurl_health_and_graceful_stop(infra: Any, tmp_path: Pat
         # SIGTERM during a call: the call finishes, the process exits 0.
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
-            future = stub.Login.future(
-                pb.LoginRequest(email=email, password="a perfectly fine passphrase"), timeout=10
-            )
+            request = pb.LoginRequest(email=email, password="a perfectly fine passphrase")
+            stub.Login(request, timeout=10)  # connected, and the timing is known
+            began = time.monotonic()
+            stub.Login(request, timeout=10)
+            login_seconds = time.monotonic() - began
+            future = stub.Login.future(request, timeout=10)
+            time.sleep(min(0.05, login_seconds / 4))
             proc.signal(signal.SIGTERM)
             assert future.result().user.email == email
         started = time.monotonic()
@@ -101,3 +107,22 @@ def test_auth_process_without_jwt_secret_stops_with_a_clear_message(infra: Any) 
     )
     assert result.returncode == 2
     assert "JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_auth_process_without_mysql_retries_then_exits_cleanly(infra: Any) -> None:
+    env = auth_env(infra, MYSQL_PORT=str(free_port()), MYSQL_STARTUP_TIMEOUT_SECONDS="2")
+    started = time.monotonic()
+    result = subprocess.run(
+        python_module("auth"),
+        env={**os.environ, **env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started >= 1.5  # it retried for a while
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")]
+    assert "MySQL unreachable; retrying" in messages
+    assert "cannot reach MySQL at start-up; exiting" in messages
+    assert "Traceback" not in result.stderr
