@@ -64,6 +64,8 @@ class Failure(enum.Enum):
     TRUNCATED = "truncated"
     TOO_LONG = "too_long"
     SILENT = "no_sound"
+    TOO_LARGE = "too_large"
+    MISSING = "missing"
 
 
 class MediaError(Exception):
@@ -73,6 +75,18 @@ class MediaError(Exception):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+    @classmethod
+    def too_large(cls, size: int, limit: int) -> MediaError:
+        return cls(
+            Failure.TOO_LARGE,
+            f"the file is too large to convert ({size / 1024**2:.0f} MiB; "
+            f"the limit is {limit / 1024**2:.0f} MiB)",
+        )
+
+    @classmethod
+    def gone(cls) -> MediaError:
+        return cls(Failure.MISSING, "the uploaded video is no longer available")
 
 
 @dataclass(frozen=True)
