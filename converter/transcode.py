@@ -21,7 +21,7 @@ import os
 import struct
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -87,6 +87,10 @@ class MediaError(Exception):
     @classmethod
     def gone(cls) -> MediaError:
         return cls(Failure.MISSING, "the uploaded video is no longer available")
+
+
+class Cancelled(Exception):
+    """The caller asked the conversion to stop (the worker is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,15 @@ class Transcoder:
     """One conversion. Opening validates the file (empty, not media, no audio, too long);
     ``chunks()`` then decodes and encodes, raising ``MediaError`` if the data is damaged."""
 
-    def __init__(self, path: Path | str, title: str = "", options: EncodeOptions | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        title: str = "",
+        options: EncodeOptions | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.should_stop = should_stop
         self.title = title
         self.options = options or EncodeOptions()
         self.samples_out = 0
@@ -343,6 +354,8 @@ class Transcoder:
         self._check_complete()
 
     def _encode_frame(self, encoder: _LameencEncoder | _PyAVEncoder, frame: av.AudioFrame) -> Iterator[bytes]:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("conversion stopped")
         self.samples_out += frame.samples
         if self.options.slowdown > 0:
             time.sleep(self.options.slowdown * frame.samples / self.out_rate)

@@ -41,7 +41,7 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
 from converter.settings import Settings
-from converter.transcode import MediaError, Transcoder, title_from_filename
+from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 
 log = logging.getLogger("converter")
 T = TypeVar("T")
@@ -73,14 +73,6 @@ class Publisher(Protocol):
     """What the worker needs from common.amqp.Publisher (a fake in unit tests)."""
 
     def publish(self, routing_key: str, message: Message, correlation_id: str) -> None: ...
-
-
-class Cancelled(Exception):
-    """The worker is shutting down and its grace period is over."""
-
-
-class _UploadAborted(Exception):
-    """Raised inside the upload's request stream: gRPC cancels the call."""
 
 
 @dataclass
@@ -135,9 +127,11 @@ class Converter:
         except Cancelled:
             log.info("worker stopping: job cut off, it will be converted again", extra=extra)
             return Outcome.RETRY
-        except TransientError as error:
+        except Exception as error:
+            # Transient errors (and bugs) are retried by the consumer; on the last attempt the
+            # job is marked failed here, so it is never left "converting" in the dead letters.
             if delivery.attempt >= self.settings.max_attempts:
-                log.error("giving up on the job", extra={**extra, "error": str(error)})
+                log.error("giving up on the job", exc_info=True, extra={**extra, "error": str(error)})
                 self._give_up(request)
                 return Outcome.DEAD
             raise
@@ -167,7 +161,7 @@ class Converter:
         if claimed is not None:
             return claimed
         started = time.monotonic()
-        log.info("converting", extra={**extra, "filename": request.filename})
+        log.info("converting", extra={**extra, "original_filename": request.filename})
         try:
             result = self._convert(request)
         except MediaError as error:
@@ -345,13 +339,16 @@ class Converter:
                 time.sleep(delay)
         if job is not None:
             return True
-        log.info(
-            "another worker finished the job first; deleting our MP3",
-            extra={**extra, "mp3_id": result.mp3_id},
-        )
         current = self._get_job(request.job_id)
-        if current is not None and current.mp3_id == result.mp3_id:
-            return True  # our own change, applied earlier with the answer lost
+        if current is not None and current.state == SUCCEEDED and current.mp3_id == result.mp3_id:
+            return True  # our own change, applied earlier with only the answer lost
+        if current is not None and current.state == CONVERTING:
+            # Storage refused our MP3 (e.g. it vanished): convert again on the next attempt.
+            raise TransientError("storage did not accept the finished MP3; will convert again")
+        log.info(
+            "the job was finished elsewhere; deleting our MP3",
+            extra={**extra, "mp3_id": result.mp3_id, "state": None if current is None else current.state},
+        )
         with contextlib.suppress(grpc.RpcError):
             self.storage.Delete(
                 storage_pb2.DeleteRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=result.mp3_id),
@@ -402,7 +399,9 @@ class Converter:
         spool = self._spool_path(request)
         try:
             self._download(request, spool)
-            transcoder = Transcoder(spool, title_from_filename(request.filename), self.options)
+            transcoder = Transcoder(
+                spool, title_from_filename(request.filename), self.options, should_stop=self.abort.is_set
+            )
             return self._upload(request, transcoder)
         finally:
             spool.unlink(missing_ok=True)
@@ -461,17 +460,26 @@ class Converter:
         )
         failure: list[BaseException] = []
 
+        chunks = transcoder.chunks()
+        # Errors found early (most bad media) surface here, before any upload is opened.
+        first = next(chunks, b"")
+
         def requests() -> Iterator[storage_pb2.UploadRequest]:
             yield storage_pb2.UploadRequest(header=header)
             try:
-                for chunk in transcoder.chunks():
+                yield storage_pb2.UploadRequest(chunk=first)
+                for chunk in chunks:
                     if self.abort.is_set():
                         raise Cancelled("worker stopping")
                     yield storage_pb2.UploadRequest(chunk=chunk)
-            except BaseException as error:
-                # Raising here makes gRPC cancel the upload: storage keeps nothing of it.
+            except Exception as error:  # noqa: BLE001 - re-raised below once the call has ended
+                # Abort in-band: a second header breaks the Upload contract ("a header first,
+                # then chunks"), so storage rejects the call and removes what it received.
+                # Cancelling the call instead is not enough: gRPC Python servers may see a
+                # client-side cancel as a clean end of stream (grpc/grpc#33038) and keep a
+                # partial file. The stream then ends normally, after the poison message.
                 failure.append(error)
-                raise _UploadAborted() from error
+                yield storage_pb2.UploadRequest(header=header)
 
         try:
             response = self.storage.Upload(requests(), timeout=self.settings.stream_timeout_seconds)
@@ -480,6 +488,9 @@ class Converter:
                 raise failure[0] from None
             if _code(error) in TRANSIENT_CODES:
                 raise TransientError(f"MP3 upload failed: {_code(error)} {_details(error)}") from error
+            if _code(error) in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}:
+                # The job finished (or vanished) meanwhile: the retry settles it from its state.
+                raise TransientError(f"storage refused the MP3: {_details(error)}") from error
             raise
         finally:
             transcoder.close()

@@ -4,6 +4,7 @@ in-memory stand-in from tests/fixtures/converter.py) and a recording publisher."
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,8 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 
 
 @pytest.fixture
-def env(fake_storage: FakeStorageServer, tmp_path: Path) -> Iterator[Env]:
+def env(fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
+    caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
     spool = tmp_path / "spool"
     settings = Settings(
         storage_address=fake_storage.address,
@@ -155,6 +157,21 @@ def test_unknown_job_is_dropped(env: Env, media_cache: MediaCache) -> None:
     del env.storage.storage.jobs[job.id]
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.publisher.events == []
+
+
+def test_a_bug_on_the_last_attempt_fails_the_job(
+    env: Env, media_cache: MediaCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Converter, "_convert", broken)
+    with pytest.raises(RuntimeError):
+        env.converter(delivery(job, attempt=1))
+    assert env.converter(delivery(job, attempt=3)) is Outcome.DEAD
+    assert env.job(job.id).state == jobs_pb2.JOB_STATE_FAILED
 
 
 def test_garbage_messages_are_parked(env: Env) -> None:
@@ -294,10 +311,25 @@ def test_losing_the_race_deletes_our_mp3(env: Env, media_cache: MediaCache) -> N
             stored.state = jobs_pb2.JOB_STATE_SUCCEEDED
             stored.mp3_id = theirs
 
-    env.storage.storage.hooks["Upload"] = other_worker_wins
+    env.storage.storage.hooks["TransitionJob"] = other_worker_wins
     assert env.converter(delivery(job)) is Outcome.ACK
     assert [f.info.id for f in env.storage.storage.mp3s(job.id)] == [theirs]
     assert env.publisher.events == []  # the winner publishes
+
+
+def test_job_finished_during_the_upload_is_settled_on_retry(env: Env, media_cache: MediaCache) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
+
+    def finished_elsewhere() -> None:
+        env.job(job.id).state = jobs_pb2.JOB_STATE_FAILED
+
+    env.storage.storage.hooks["Upload"] = finished_elsewhere
+    with pytest.raises(TransientError, match="refused"):
+        env.converter(delivery(job))
+    del env.storage.storage.hooks["Upload"]
+    assert env.converter(delivery(job, attempt=2)) is Outcome.ACK
+    assert env.storage.storage.mp3s() == []
+    assert [key for key, _, _ in env.publisher.events] == [RK_FAILED]
 
 
 def test_abort_cuts_off_the_job_and_leaves_nothing(env: Env, media_cache: MediaCache) -> None:
