@@ -8,19 +8,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pymongo
 import pytest
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.amqp import dead_queue
 from common.grpc_client import insecure_channel
+from storage.client import upload_requests
 from tests.fixtures.converter import ConverterRunner, MediaCache
 from tests.fixtures.infra import Infra, rabbitmqctl
 from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
 from tests.support import ServiceProcess, free_port, port_open, python_module, wait_for
 from tests.test_converter_transcode import AUDIO_ONLY, MATRIX
-
-pytest.importorskip("storage.server", reason="the storage service is not merged yet")
 
 MP3_BUCKET = "mp3s"
 
@@ -65,13 +65,8 @@ class StorageProcess:
             bucket=storage_pb2.BUCKET_VIDEOS, filename=name, content_type="video/mp4", owner_id=owner
         )
         data = source.read_bytes()
-
-        def requests() -> Iterator[storage_pb2.UploadRequest]:
-            yield storage_pb2.UploadRequest(header=header)
-            for start in range(0, len(data), 256 * 1024):
-                yield storage_pb2.UploadRequest(chunk=data[start : start + 256 * 1024])
-
-        info = self.files.Upload(requests(), timeout=30).file
+        chunks = (data[start : start + 256 * 1024] for start in range(0, len(data), 256 * 1024))
+        info = self.files.Upload(upload_requests(header, chunks), timeout=30).file
         return self.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(
                 owner_id=owner, owner_email=f"{owner}@example.com", video_id=info.id, filename=name
@@ -163,6 +158,13 @@ def test_bad_media_fails_with_the_right_reason_and_the_worker_lives_on(
             media_cache.get(MediaSpec(container="webm", duration=2.0)), tmp_path / "cut.webm"
         ),
     }
+    # A zero-byte video never reaches a converter: storage refuses empty files (the handler
+    # tests cover a zero-byte spool with the in-memory storage).
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(grpc.RpcError) as refused:
+        storage.add_job(empty)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     jobs = {reason: storage.add_job(source) for reason, source in cases.items()}
     worker = runner.start()
     for job in jobs.values():
