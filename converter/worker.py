@@ -255,6 +255,9 @@ class Converter:
             if _code(error) == grpc.StatusCode.NOT_FOUND:
                 log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
                 return Outcome.ACK
+            if _code(error) == grpc.StatusCode.INVALID_ARGUMENT:
+                log.error("storage rejects the job id; parked", extra={**extra, "error": _details(error)})
+                return Outcome.DEAD
             raise
         if job is not None:
             return None
@@ -276,6 +279,11 @@ class Converter:
         if current.state == CONVERTING:
             if delivery.redelivered or delivery.attempt > 1:
                 log.info("taking over a job left converting", extra=extra)
+                return None
+            age = time.time() - current.updated_at.ToSeconds() if current.HasField("updated_at") else 0.0
+            if age > self.settings.takeover_after_seconds:
+                # Converting for longer than any conversion takes: its worker is gone.
+                log.warning("taking over a stale converting job", extra={**extra, "age_s": round(age)})
                 return None
             log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
             return Outcome.ACK
