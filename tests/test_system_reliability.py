@@ -77,11 +77,14 @@ def system(infra: Infra, rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPat
         extra_env={
             "RABBITMQ_URL": rabbit.url,
             # Quick retries so outages of a few seconds heal within the test's time.
-            "RETRY_BASE_SECONDS": "0.5",
-            "RETRY_MAX_SECONDS": "4",
-            "MAX_ATTEMPTS": "12",
-            "SWEEPER_INTERVAL_SECONDS": "2",
-            "SWEEPER_QUEUED_AGE_SECONDS": "10",
+            "CONVERTER_RETRY_BASE_SECONDS": "0.5",
+            "CONVERTER_RETRY_MAX_SECONDS": "4",
+            "CONVERTER_MAX_ATTEMPTS": "12",
+            "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
+            "NOTIFIER_RETRY_MAX_SECONDS": "4",
+            "NOTIFIER_MAX_ATTEMPTS": "12",
+            "SWEEP_INTERVAL_SECONDS": "2",
+            "REQUEUE_AFTER_SECONDS": "10",
         },
     )
     try:
