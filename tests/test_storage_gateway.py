@@ -235,6 +235,9 @@ def test_download_whole_file(finished: tuple[MediaUser, str, bytes]) -> None:
     assert disposition.startswith("attachment; filename=")
     assert "filename*=UTF-8''" + urllib.parse.quote("Fête à Zürich.mp3") in disposition
     assert response.get_data() == mp3
+    head = user.http.head(f"/download?fid={mp3_id}", headers=user.headers)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(mp3))
+    assert head.get_data() == b""
 
 
 def test_download_ranges(finished: tuple[MediaUser, str, bytes]) -> None:

@@ -348,24 +348,17 @@ def download() -> Response:
     etag = stat.sha256 or stat.id
     byte_range = _byte_range(stat.size, etag)
     start, stop = byte_range if byte_range is not None else (0, stat.size)
-    if stat.size == 0:
-        start = stop = 0
+    length = stop - start
+    if length == 0:
+        return _file_response(iter(()), stat, etag, byte_range, start, stop)
     responses = clients.storage.Download(
         storage_pb2.DownloadRequest(
-            bucket=storage_pb2.BUCKET_MP3S,
-            file_id=file_id,
-            owner_id=user.id,
-            offset=start,
-            length=stop - start,
+            bucket=storage_pb2.BUCKET_MP3S, file_id=file_id, owner_id=user.id, offset=start, length=length
         ),
         timeout=STREAM_TIMEOUT,
         metadata=call_metadata(),
     )
-    if stop == start:
-        responses.cancel()
-        chunks: Iterator[bytes] = iter(())
-    else:
-        _, chunks = split_download(responses)  # raises the call's error before any byte is sent
+    _, chunks = split_download(responses)  # raises the call's error before any byte is sent
 
     def body() -> Iterator[bytes]:
         try:
@@ -373,10 +366,22 @@ def download() -> Response:
         except grpc.RpcError as error:
             # Headers are gone already: end the body early; the client sees a short read.
             log.warning("download stream broke", extra={"file_id": file_id, "error": repr(error)})
-        finally:
-            responses.cancel()
 
-    response = Response(body(), status=206 if byte_range is not None else 200, mimetype="audio/mpeg")
+    response = _file_response(body(), stat, etag, byte_range, start, stop)
+    # Also when the body is never read (HEAD, a client gone before the first byte).
+    response.call_on_close(responses.cancel)
+    return response
+
+
+def _file_response(
+    body: Iterator[bytes],
+    stat: storage_pb2.FileInfo,
+    etag: str,
+    byte_range: tuple[int, int] | None,
+    start: int,
+    stop: int,
+) -> Response:
+    response = Response(body, status=206 if byte_range is not None else 200, mimetype="audio/mpeg")
     response.direct_passthrough = True
     response.headers["Content-Length"] = str(stop - start)
     response.headers["Accept-Ranges"] = "bytes"
