@@ -7,12 +7,14 @@ import hashlib
 import os
 import socket
 import sys
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pika
 import pytest
@@ -271,6 +273,7 @@ def test_download_access_rules(
     finished: tuple[MediaUser, str, bytes],
     media_user: Callable[[], MediaUser],
     auth_address: str,
+    auth_settings: Any,
     storage_service: StorageHandle,
 ) -> None:
     user, mp3_id, mp3 = finished
@@ -308,6 +311,12 @@ def test_download_access_rules(
         auth_pb2.IssueDownloadTokenRequest(user_id=stranger.id, file_id=mp3_id)
     ).download_token
     assert_error(http.get(f"/download?fid={mp3_id}&token={urllib.parse.quote(stranger_token)}"), 404)
+    # An expired link: signed like auth's own, an hour ago, valid for a minute.
+    from auth.tokens import Tokens
+
+    with mock.patch("auth.tokens.time.time", return_value=time.time() - 3600):
+        expired, _ = Tokens(auth_settings).issue_download(int(user.id), mp3_id, 60)
+    assert_error(http.get(f"/download?fid={mp3_id}&token={urllib.parse.quote(expired)}"), 401)
     channel.close()
 
 
