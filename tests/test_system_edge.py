@@ -46,11 +46,17 @@ class Case:
     auth: bool = False  # add the valid Bearer token
 
 
-def multipart(field: str, filename: str, content: bytes, boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
+def multipart(
+    field: str, filename: str, content: bytes, boundary: str = "b0undary"
+) -> tuple[bytes, dict[str, str]]:
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -64,43 +70,128 @@ def corpus(video: bytes) -> list[Case]:
         Case("register: JSON array", "POST", "/register", b"[1,2]", json_h),
         Case("register: missing password", "POST", "/register", b'{"email":"a@example.com"}', json_h),
         Case("register: numbers for strings", "POST", "/register", b'{"email":1,"password":2}', json_h),
-        Case("register: bad email", "POST", "/register", b'{"email":"nope","password":"long enough pw"}', json_h),
-        Case("register: short password", "POST", "/register", b'{"email":"s@example.com","password":"short"}', json_h),
-        Case("register: wrong content type", "POST", "/register", b"email=a&password=b",
-             {"Content-Type": "application/x-www-form-urlencoded"}, (400, 415)),
-        Case("register: huge email", "POST", "/register",
-             json.dumps({"email": "a" * 5000 + "@example.com", "password": PASSWORD}).encode(), json_h, (400, 413)),
+        Case(
+            "register: bad email",
+            "POST",
+            "/register",
+            b'{"email":"nope","password":"long enough pw"}',
+            json_h,
+        ),
+        Case(
+            "register: short password",
+            "POST",
+            "/register",
+            b'{"email":"s@example.com","password":"short"}',
+            json_h,
+        ),
+        Case(
+            "register: wrong content type",
+            "POST",
+            "/register",
+            b"email=a&password=b",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            (400, 415),
+        ),
+        Case(
+            "register: huge email",
+            "POST",
+            "/register",
+            json.dumps({"email": "a" * 5000 + "@example.com", "password": PASSWORD}).encode(),
+            json_h,
+            (400, 413),
+        ),
         Case("login: no credentials", "POST", "/login", expect=(400, 401)),
-        Case("login: basic not base64", "POST", "/login", headers={"Authorization": "Basic %%%%"}, expect=(400, 401)),
-        Case("login: basic without colon", "POST", "/login",
-             headers={"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()}, expect=(400, 401)),
-        Case("login: wrong password", "POST", "/login",
-             headers={"Authorization": "Basic " + base64.b64encode(b"edge@example.com:wrong-password").decode()},
-             expect=(401,)),
+        Case(
+            "login: basic not base64",
+            "POST",
+            "/login",
+            headers={"Authorization": "Basic %%%%"},
+            expect=(400, 401),
+        ),
+        Case(
+            "login: basic without colon",
+            "POST",
+            "/login",
+            headers={"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()},
+            expect=(400, 401),
+        ),
+        Case(
+            "login: wrong password",
+            "POST",
+            "/login",
+            headers={
+                "Authorization": "Basic " + base64.b64encode(b"edge@example.com:wrong-password").decode()
+            },
+            expect=(401,),
+        ),
         Case("upload: no token", "POST", "/upload", good_mp, good_h, (401,)),
-        Case("upload: garbage token", "POST", "/upload", good_mp,
-             {**good_h, "Authorization": "Bearer not.a.jwt"}, (401,)),
-        Case("upload: other scheme", "POST", "/upload", good_mp,
-             {**good_h, "Authorization": "Token abc"}, (401,)),
-        Case("upload: several spaces", "POST", "/upload", good_mp,
-             {**good_h, "Authorization": "Bearer   a b c"}, (401,)),
-        Case("upload: not multipart", "POST", "/upload", b"raw bytes", {"Content-Type": "video/mp4"},
-             (400, 415), auth=True),
+        Case(
+            "upload: garbage token",
+            "POST",
+            "/upload",
+            good_mp,
+            {**good_h, "Authorization": "Bearer not.a.jwt"},
+            (401,),
+        ),
+        Case(
+            "upload: other scheme",
+            "POST",
+            "/upload",
+            good_mp,
+            {**good_h, "Authorization": "Token abc"},
+            (401,),
+        ),
+        Case(
+            "upload: several spaces",
+            "POST",
+            "/upload",
+            good_mp,
+            {**good_h, "Authorization": "Bearer   a b c"},
+            (401,),
+        ),
+        Case(
+            "upload: not multipart",
+            "POST",
+            "/upload",
+            b"raw bytes",
+            {"Content-Type": "video/mp4"},
+            (400, 415),
+            auth=True,
+        ),
         Case("upload: JSON body", "POST", "/upload", b'{"file": "x"}', json_h, (400, 415), auth=True),
         Case("upload: wrong field name", "POST", "/upload", wrong_field, wf_h, (400,), auth=True),
         Case("upload: empty file", "POST", "/upload", empty, empty_h, (400,), auth=True),
-        Case("upload: multipart without boundary", "POST", "/upload", good_mp,
-             {"Content-Type": "multipart/form-data"}, (400,), auth=True),
-        Case("upload: over the size limit", "POST", "/upload",
-             *multipart("file", "big.mp4", b"\0" * (3 * 1024 * 1024)), (413,), auth=True),  # type: ignore[misc]
+        Case(
+            "upload: multipart without boundary",
+            "POST",
+            "/upload",
+            good_mp,
+            {"Content-Type": "multipart/form-data"},
+            (400,),
+            auth=True,
+        ),
+        Case(
+            "upload: over the size limit",
+            "POST",
+            "/upload",
+            *multipart("file", "big.mp4", b"\0" * (3 * 1024 * 1024)),
+            (413,),
+            auth=True,
+        ),
         Case("jobs: bad id", "GET", "/jobs/not-an-id", expect=(400, 404), auth=True),
         Case("jobs: path-like id", "GET", "/jobs/..%2F..%2Fetc%2Fpasswd", expect=(400, 404), auth=True),
         Case("jobs: unknown id", "GET", "/jobs/0123456789abcdef01234567", expect=(404,), auth=True),
         Case("download: no fid", "GET", "/download", expect=(400,), auth=True),
         Case("download: bad fid", "GET", "/download?fid=%00%ff", expect=(400, 404), auth=True),
-        Case("download: unknown fid", "GET", "/download?fid=0123456789abcdef01234567", expect=(404,), auth=True),
-        Case("download: bad link token", "GET", "/download?fid=0123456789abcdef01234567&token=abc",
-             expect=(401, 403)),
+        Case(
+            "download: unknown fid", "GET", "/download?fid=0123456789abcdef01234567", expect=(404,), auth=True
+        ),
+        Case(
+            "download: bad link token",
+            "GET",
+            "/download?fid=0123456789abcdef01234567&token=abc",
+            expect=(401, 403),
+        ),
         Case("download: no credentials", "GET", "/download?fid=0123456789abcdef01234567", expect=(401,)),
         Case("unknown path", "GET", "/no/such/thing", expect=(404,)),
         Case("wrong method", "DELETE", "/login", expect=(405,)),

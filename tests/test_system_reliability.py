@@ -180,7 +180,9 @@ def run_round(
     client = system.infra.mongo()
     try:
         files = client[system.infra.mongo_db]["mp3s.files"]
-        per_job = Counter(doc["metadata"].get("job_id") for doc in files.find({"metadata.job_id": {"$in": list(jobs)}}))
+        per_job = Counter(
+            doc["metadata"].get("job_id") for doc in files.find({"metadata.job_id": {"$in": list(jobs)}})
+        )
     finally:
         client.close()
     duplicated = sum(count - 1 for count in per_job.values() if count > 1)
@@ -199,15 +201,18 @@ def run_round(
 
 def assert_quiet(rabbit: PrivateRabbit, expect_dead: int = 0) -> None:
     depths = wait_for(
-        lambda: (lambda d: d if d.get("video", 0) == 0 and d.get("mp3", 0) == 0 else None)(rabbit.queue_depths()),
+        lambda: (lambda d: d if d.get("video", 0) == 0 and d.get("mp3", 0) == 0 else None)(
+            rabbit.queue_depths()
+        ),
         timeout=60,
         what="work queues drained",
     )
     assert depths.get("video.dead", 0) + depths.get("mp3.dead", 0) == expect_dead, depths
 
 
-def test_kill_a_converter_mid_load(system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit,
-                                   tmp_path: Path) -> None:
+def test_kill_a_converter_mid_load(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit, tmp_path: Path
+) -> None:
     def fault() -> None:
         victim = system.processes["converter-1"]
         wait_for(lambda: system.infra is not None, timeout=1)
@@ -220,14 +225,16 @@ def test_kill_a_converter_mid_load(system: System, users: dict[str, str], media:
     assert_quiet(rabbit)
 
 
-def test_restart_rabbitmq_mid_load(system: System, users: dict[str, str], media: list[Path],
-                                   rabbit: PrivateRabbit) -> None:
+def test_restart_rabbitmq_mid_load(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
     run_round(system, users, media, "restart-rabbitmq", lambda: rabbit.restart(down_seconds=2))
     assert_quiet(rabbit)
 
 
-def test_stop_storage_for_a_few_seconds(system: System, users: dict[str, str], media: list[Path],
-                                        rabbit: PrivateRabbit) -> None:
+def test_stop_storage_for_a_few_seconds(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
     def fault() -> None:
         system.processes["storage"].stop()
         time.sleep(4)
@@ -237,8 +244,9 @@ def test_stop_storage_for_a_few_seconds(system: System, users: dict[str, str], m
     assert_quiet(rabbit)
 
 
-def test_stop_the_smtp_sink(system: System, users: dict[str, str], media: list[Path],
-                            rabbit: PrivateRabbit) -> None:
+def test_stop_the_smtp_sink(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
     def fault() -> None:
         system.sink.stop()
         time.sleep(4)

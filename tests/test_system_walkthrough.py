@@ -30,8 +30,16 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     work = tmp_path_factory.mktemp("up")
     sink = SmtpSink(work)
     sink.start()
-    ports = {name: str(free_port()) for name in
-             ("GATEWAY_PORT", "AUTH_PORT", "STORAGE_PORT", "CONVERTER_HEALTH_PORT", "NOTIFIER_HEALTH_PORT")}
+    ports = {
+        name: str(free_port())
+        for name in (
+            "GATEWAY_PORT",
+            "AUTH_PORT",
+            "STORAGE_PORT",
+            "CONVERTER_HEALTH_PORT",
+            "NOTIFIER_HEALTH_PORT",
+        )
+    }
     env = {
         **os.environ,
         **ports,
@@ -48,15 +56,17 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
     }
     env.pop("PYTHONPATH", None)
-    up = subprocess.run(["bash", "dev/up.sh", "up"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+    up = subprocess.run(
+        ["bash", "dev/up.sh", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "video2mp3 is up" in up.stdout
         yield {**env, "WORK": str(work)}
     finally:
-        down = subprocess.run(["bash", "dev/up.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        down = subprocess.run(
+            ["bash", "dev/up.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         sink.stop()
         assert down.returncode == 0, down.stderr
         # Exactly what it started is gone; the shared infrastructure is still up.
@@ -73,13 +83,20 @@ def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
     (work / "dev").symlink_to(ROOT / "dev")
     script = walkthrough_script().replace("127.0.0.1:8080", f"127.0.0.1:{upped['GATEWAY_PORT']}")
     # The job normally finishes within the walkthrough's pause; on a busy machine wait longer.
-    script = script.replace("sleep 5", "for i in $(seq 60); do curl -s http://127.0.0.1:"
-                            f"{upped['GATEWAY_PORT']}" "/jobs/$JOB -H \"Authorization: Bearer $TOKEN\" "
-                            "| grep -q '\"succeeded\"' && break; sleep 1; done; "
-                            ".venv/bin/python dev/mail.py --link --to alice@example.com >/dev/null || sleep 5")
+    script = script.replace(
+        "sleep 5",
+        "for i in $(seq 60); do curl -s http://127.0.0.1:"
+        f"{upped['GATEWAY_PORT']}"
+        '/jobs/$JOB -H "Authorization: Bearer $TOKEN" '
+        "| grep -q '\"succeeded\"' && break; sleep 1; done; "
+        ".venv/bin/python dev/mail.py --link --to alice@example.com >/dev/null || sleep 5",
+    )
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=work, env={**upped, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}"}, capture_output=True, text=True,
+        cwd=work,
+        env={**upped, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}"},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -94,13 +111,28 @@ def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
 
 def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     grpcurl = str(ROOT / ".venv/bin/grpcurl")
-    auth = subprocess.run([grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "list"],
-                          capture_output=True, text=True, timeout=30, check=True).stdout
-    storage = subprocess.run([grpcurl, "-plaintext", upped["STORAGE_SVC_ADDRESS"], "list"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+    auth = subprocess.run(
+        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    storage = subprocess.run(
+        [grpcurl, "-plaintext", upped["STORAGE_SVC_ADDRESS"], "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "video2mp3.auth.v1.AuthService" in auth and "grpc.health.v1.Health" in auth
     assert "video2mp3.storage.v1.StorageService" in storage and "video2mp3.storage.v1.JobService" in storage
-    health = subprocess.run([grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
-                            capture_output=True, text=True, timeout=30, check=True).stdout
+    health = subprocess.run(
+        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "SERVING" in health
     assert urllib.parse.urlparse(upped["PUBLIC_BASE_URL"]).port == int(upped["GATEWAY_PORT"])
