@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+from auth.db import CONNECTION_ERRORS
 from auth.server import create_server
 from auth.settings import Settings
 from common.config import SettingsError, exit_on_settings_error
 from common.grpc_server import serve_forever
 from common.logs import setup_logging
+
+log = logging.getLogger("auth")
 
 
 def main() -> None:
@@ -16,7 +21,11 @@ def main() -> None:
     except SettingsError as error:
         exit_on_settings_error("auth", error)
         return
-    srv = create_server(settings, port=settings.port)
+    try:
+        srv = create_server(settings, port=settings.port)
+    except CONNECTION_ERRORS as error:
+        log.error("cannot reach MySQL at start-up; exiting", extra={"error": repr(error)})
+        raise SystemExit(1) from None
     serve_forever(srv, grace=settings.stop_grace_seconds)
 
 

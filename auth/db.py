@@ -11,6 +11,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -153,6 +154,21 @@ class Database:
 def _lock_name(database: str) -> str:
     # GET_LOCK names are server-wide: one lock per database, short enough for every server.
     return "v2m-auth-migrate-" + hashlib.sha256(database.encode()).hexdigest()[:32]
+
+
+def migrate_when_reachable(db: Database, timeout: float) -> list[int]:
+    """``migrate``, retrying with back-off while MySQL cannot be reached (up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return migrate(db)
+        except CONNECTION_ERRORS as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("MySQL unreachable; retrying", extra={"error": repr(error), "retry_in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def migrate(db: Database, lock_timeout: int = 60) -> list[int]:

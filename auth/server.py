@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from auth.db import Database, migrate
+from auth.db import Database, migrate_when_reachable
 from auth.service import AuthServicer
 from auth.settings import Settings
 from common import grpc_server
@@ -16,7 +16,7 @@ def create_server(settings: Settings, port: int = 0) -> grpc_server.GrpcServer:
     """Apply migrations and build (not start) the server; ``port=0`` picks a free port
     (``python -m auth`` passes ``settings.port``)."""
     db = Database(settings, max_idle=settings.grpc_max_workers)
-    migrate(db)
+    migrate_when_reachable(db, settings.mysql_startup_timeout)
     servicer = AuthServicer(settings, db)
     srv = grpc_server.create_server(
         [(SERVICE_NAME, lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server))],

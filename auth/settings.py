@@ -22,6 +22,8 @@ class Settings:
     mysql_password: str = ""
     mysql_db: str = "video2mp3"
     mysql_connect_timeout: float = 5.0
+    # How long start-up waits for MySQL (it may start at the same time as we do).
+    mysql_startup_timeout: float = 60.0
     jwt_secret: str = ""
     jwt_issuer: str = "video2mp3-auth"
     jwt_audience: str = "video2mp3"
@@ -61,6 +63,7 @@ class Settings:
             mysql_password=env_str("MYSQL_PASSWORD", "", env),
             mysql_db=env_str("MYSQL_DB", "video2mp3", env),
             mysql_connect_timeout=env_float("MYSQL_CONNECT_TIMEOUT_SECONDS", 5.0, env),
+            mysql_startup_timeout=env_float("MYSQL_STARTUP_TIMEOUT_SECONDS", 60.0, env),
             jwt_secret=secret,
             jwt_issuer=env_str("JWT_ISSUER", "video2mp3-auth", env),
             jwt_audience=env_str("JWT_AUDIENCE", "video2mp3", env),

@@ -101,3 +101,22 @@ def test_auth_process_without_jwt_secret_stops_with_a_clear_message(infra: Any) 
     )
     assert result.returncode == 2
     assert "JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_auth_process_without_mysql_retries_then_exits_cleanly(infra: Any) -> None:
+    env = auth_env(infra, MYSQL_PORT=str(free_port()), MYSQL_STARTUP_TIMEOUT_SECONDS="2")
+    started = time.monotonic()
+    result = subprocess.run(
+        python_module("auth"),
+        env={**os.environ, **env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started >= 1.5  # it retried for a while
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")]
+    assert "MySQL unreachable; retrying" in messages
+    assert "cannot reach MySQL at start-up; exiting" in messages
+    assert "Traceback" not in result.stderr
