@@ -252,7 +252,7 @@ PROBE = r"""
 import importlib, json, os, sys
 
 service = sys.argv[1]
-env = json.load(sys.stdin)
+envs = json.load(sys.stdin)
 
 
 class Recording(dict):
@@ -273,28 +273,34 @@ class Recording(dict):
         return super().__contains__(key)
 
 
-recording = Recording(env)
-# Names read straight from the process environment at start-up (LOG_LEVEL in common.logs).
-real, os.environ = os.environ, recording
-try:
-    from common.logs import setup_logging
+settings = importlib.import_module(f"{service}.settings").Settings
+results = []
+for env in envs:
+    recording = Recording(env)
+    # Names read straight from the process environment at start-up (LOG_LEVEL in common.logs).
+    real, os.environ = os.environ, recording
+    try:
+        from common.logs import setup_logging
 
-    setup_logging(service)
-finally:
-    os.environ = real
-error = None
-try:
-    importlib.import_module(f"{service}.settings").Settings.from_env(recording)
-except Exception as exc:
-    error = f"{type(exc).__name__}: {exc}"
-print(json.dumps({"read": sorted(recording.read), "error": error}))
+        setup_logging(service)
+    finally:
+        os.environ = real
+    error = None
+    try:
+        settings.from_env(recording)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    results.append({"read": sorted(recording.read), "error": error})
+print(json.dumps(results))
 """
 
 
-def settings_reads(service: str, env: dict[str, str]) -> tuple[set[str], str | None]:
+def settings_reads(service: str, *envs: dict[str, str]) -> list[tuple[set[str], str | None]]:
+    """For each environment: the names ``Settings.from_env`` (and the logging set-up) read, and
+    the error that would stop the service, in a fresh interpreter."""
     result = subprocess.run(
         [sys.executable, "-c", PROBE, service],
-        input=json.dumps(env),
+        input=json.dumps(envs),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -304,7 +310,7 @@ def settings_reads(service: str, env: dict[str, str]) -> tuple[set[str], str | N
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    return set(out["read"]), out["error"]
+    return [(set(item["read"]), item["error"]) for item in out]
 
 
 def needs_service(service: str) -> None:
@@ -316,7 +322,7 @@ def needs_service(service: str) -> None:
 def test_settings_read_exactly_what_the_manifests_provide(base: Rendered, service: str) -> None:
     needs_service(service)
     env = base.pod_env(service)
-    read, error = settings_reads(service, env)
+    ((read, error),) = settings_reads(service, env)
     assert error is None, f"{service} would not start with its ConfigMap and Secret: {error}"
     left = LEFT_TO_DEFAULT.get(service, {})
     assert not (set(left) & set(env)), "a name left to its default is provided after all"
@@ -329,10 +335,13 @@ def test_required_settings_are_provided(base: Rendered, service: str) -> None:
     """Each name without which a service refuses to start is in its ConfigMap or Secret, non-empty."""
     needs_service(service)
     env = base.pod_env(service)
-    for name in sorted(env):
-        _, error = settings_reads(service, {k: v for k, v in env.items() if k != name})
-        if error is not None:
-            assert env[name] != "", f"{service}: required {name} is empty"
+    names = sorted(env)
+    results = settings_reads(service, *({k: v for k, v in env.items() if k != name} for name in names))
+    required = [name for name, (_, error) in zip(names, results, strict=True) if error is not None]
+    for name in required:
+        assert env[name] != "", f"{service}: required {name} is empty"
+    if service == "auth":  # the check finds what it should
+        assert "JWT_SECRET" in required
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -503,6 +512,10 @@ def test_shared_values_agree(base: Rendered) -> None:
     assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "gateway"
     # Download links live no longer than auth allows.
     assert int(notifier["DOWNLOAD_LINK_TTL_SECONDS"]) <= int(auth["DOWNLOAD_TOKEN_MAX_TTL_SECONDS"])
+    # auth waits for MySQL at start: its startup probe waits longer.
+    probe = base.container("auth")["startupProbe"]
+    startup = float(auth.get("MYSQL_STARTUP_TIMEOUT_SECONDS", 0))
+    assert probe["periodSeconds"] * probe["failureThreshold"] > startup
     # The notifier's SMTP port is one its NetworkPolicy lets out.
     assert int(notifier["SMTP_PORT"]) in {25, 465, 587}
     # The converter's spool fits in its temporary volume.
