@@ -80,12 +80,6 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} named {name}, found {len(found)}"
         return found[0]
 
-    def generated(self, kind: str, name: str) -> Obj:
-        """A ConfigMap or Secret made by a generator: ``name-<hash>``."""
-        found = [o for o in self.of_kind(kind) if re.fullmatch(rf"{name}-[a-z0-9]{{10}}", o["metadata"]["name"])]
-        assert len(found) == 1, f"expected one generated {kind} {name}-<hash>, found {len(found)}"
-        return found[0]
-
     def data(self, kind: str, name: str) -> dict[str, str]:
         obj = self.get(kind, name)
         if kind == "Secret":
@@ -93,7 +87,11 @@ class Rendered:
         return dict(obj.get("data") or {})
 
     def workload(self, name: str) -> Obj:
-        found = [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] == name]
+        found = [
+            o
+            for o in self.objects
+            if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] == name
+        ]
         assert len(found) == 1, f"no Deployment or StatefulSet named {name}"
         return found[0]
 
@@ -119,7 +117,11 @@ class Rendered:
                 env[item["name"]] = item["value"]
             else:
                 ref = item["valueFrom"]
-                kind, key = ("ConfigMap", "configMapKeyRef") if "configMapKeyRef" in ref else ("Secret", "secretKeyRef")
+                kind, key = (
+                    ("ConfigMap", "configMapKeyRef")
+                    if "configMapKeyRef" in ref
+                    else ("Secret", "secretKeyRef")
+                )
                 env[item["name"]] = self.data(kind, ref[key]["name"])[ref[key]["key"]]
         return env
 
@@ -200,8 +202,19 @@ def core_only(rendered: Rendered) -> str:
 
 def test_base_renders_and_passes_strict_validation(base: Rendered, tmp_path: Path) -> None:
     kinds = {o["kind"] for o in base.objects}
-    assert {"Namespace", "Deployment", "StatefulSet", "Service", "ConfigMap", "Secret", "ServiceAccount",
-            "NetworkPolicy", "Ingress", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+    assert {
+        "Namespace",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    } <= kinds
     assert not [o for o in base.objects if o["apiVersion"].startswith("keda.sh/")], "KEDA is optional"
     for obj in base.objects:
         if obj["kind"] != "Namespace":
@@ -224,12 +237,18 @@ def test_keda_component_renders_and_agrees(with_keda: Rendered, base: Rendered, 
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
-    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment")) == (
+        "apps/v1",
+        "Deployment",
+    )
     with_keda.get("Deployment", target["name"])
     assert "replicas" not in with_keda.get("Deployment", "converter")["spec"], "KEDA owns the count"
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    assert not [h for h in with_keda.of_kind("HorizontalPodAutoscaler")
-                if h["spec"]["scaleTargetRef"]["name"] == "converter"], "KEDA makes the converter's HPA"
+    assert not [
+        h
+        for h in with_keda.of_kind("HorizontalPodAutoscaler")
+        if h["spec"]["scaleTargetRef"]["name"] == "converter"
+    ], "KEDA makes the converter's HPA"
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "rabbitmq"
     meta = trigger["metadata"]
@@ -384,9 +403,8 @@ def test_service_ports_match_container_ports_and_settings(base: Rendered, servic
     assert int(base.pod_env(service)[PORT_SETTING[service]]) == port["port"]
     (container_ports,) = base.container(service)["ports"]
     assert container_ports["name"] == port["name"]
-    assert base.pod_env(service)["BIND_HOST" if service not in WORKERS else PORT_SETTING[service]] != "127.0.0.1"
-    if service not in WORKERS:
-        assert base.pod_env(service)["BIND_HOST"] == "0.0.0.0"
+    if service not in WORKERS:  # the workers' health servers listen on every address
+        assert base.pod_env(service)["BIND_HOST"] == "0.0.0.0", "reachable from outside the pod"
 
 
 def addresses(base: Rendered) -> Iterator[tuple[str, str, str, int]]:
@@ -409,7 +427,9 @@ def addresses(base: Rendered) -> Iterator[tuple[str, str, str, int]]:
 
 def policy_for(base: Rendered, app: str) -> Obj:
     found = [
-        p for p in base.of_kind("NetworkPolicy") if p["spec"]["podSelector"].get("matchLabels") == {"app": app}
+        p
+        for p in base.of_kind("NetworkPolicy")
+        if p["spec"]["podSelector"].get("matchLabels") == {"app": app}
     ]
     assert len(found) == 1, f"expected one NetworkPolicy for {app}"
     return found[0]
@@ -484,7 +504,10 @@ def test_shared_values_agree(base: Rendered) -> None:
     mysql, mongodb, rabbitmq = base.pod_env("mysql"), base.pod_env("mongodb"), base.pod_env("rabbitmq")
     # MySQL: the database, user and password auth uses are the ones MySQL creates.
     assert (auth["MYSQL_DB"], auth["MYSQL_USER"], auth["MYSQL_PASSWORD"]) == (
-        mysql["MYSQL_DATABASE"], mysql["MYSQL_USER"], mysql["MYSQL_PASSWORD"])
+        mysql["MYSQL_DATABASE"],
+        mysql["MYSQL_USER"],
+        mysql["MYSQL_PASSWORD"],
+    )
     assert mysql["MYSQL_ROOT_PASSWORD"] != mysql["MYSQL_PASSWORD"]
     # MongoDB: storage's URI names the application user the init script creates.
     uri = urllib.parse.urlsplit(storage["MONGO_URI"])
@@ -494,14 +517,19 @@ def test_shared_values_agree(base: Rendered) -> None:
     # RabbitMQ: every URL carries the broker's user and password.
     for env in (gateway, converter, notifier):
         url = urllib.parse.urlsplit(env["RABBITMQ_URL"])
-        assert (url.username, url.password) == (rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"])
+        assert (url.username, url.password) == (
+            rabbitmq["RABBITMQ_DEFAULT_USER"],
+            rabbitmq["RABBITMQ_DEFAULT_PASS"],
+        )
     # Queues: the same names for publishers and consumers.
     for name in ("VIDEO_QUEUE", "MP3_QUEUE"):
         assert len({env[name] for env in (converter, notifier, gateway) if name in env}) == 1
     # Upload limit: gateway and storage agree; the ingress lets such a body through, and little more.
     limit = int(gateway["MAX_UPLOAD_BYTES"])
     assert int(storage["MAX_UPLOAD_BYTES"]) == limit
-    body = base.get("Ingress", "gateway")["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    body = base.get("Ingress", "gateway")["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/proxy-body-size"
+    ]
     number, unit = re.fullmatch(r"(\d+)([kmg]?)", body.lower()).groups()  # type: ignore[union-attr]
     body_bytes = int(number) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
     assert limit <= body_bytes <= limit + 2 * 1024**2
@@ -516,11 +544,20 @@ def test_shared_values_agree(base: Rendered) -> None:
     probe = base.container("auth")["startupProbe"]
     startup = float(auth.get("MYSQL_STARTUP_TIMEOUT_SECONDS", 0))
     assert probe["periodSeconds"] * probe["failureThreshold"] > startup
+    # SIGTERM: the grace a service gives itself fits in the pod's.
+    for workload, setting in (
+        ("converter", "CONVERTER_STOP_GRACE_SECONDS"),
+        ("auth", "AUTH_STOP_GRACE_SECONDS"),
+    ):
+        grace = base.workload(workload)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > float(base.pod_env(workload)[setting]), workload
     # The notifier's SMTP port is one its NetworkPolicy lets out.
     assert int(notifier["SMTP_PORT"]) in {25, 465, 587}
     # The converter's spool fits in its temporary volume.
     spec = base.workload("converter")["spec"]["template"]["spec"]
-    mount = next(m for m in base.container("converter")["volumeMounts"] if m["mountPath"] == converter["TMP_DIR"])
+    mount = next(
+        m for m in base.container("converter")["volumeMounts"] if m["mountPath"] == converter["TMP_DIR"]
+    )
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     size = volume["emptyDir"]["sizeLimit"]
     assert size.endswith("Gi")
