@@ -28,7 +28,7 @@ lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .
-	@$(ROOT)/.venv/bin/mypy common auth storage gateway converter notifier tests dev/smtp_sink.py
+	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) tests dev/smtp_sink.py
 
 .PHONY: fmt
 fmt: bootstrap ## format the Python code with ruff
@@ -57,3 +57,19 @@ manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.3
 .PHONY: test
 test: infra k8s-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: up
+up: ## run the whole system on loopback (infrastructure + five services), wait until healthy
+	@bash dev/up.sh up
+
+.PHONY: down
+down: ## stop the services and the infrastructure that `make up` started
+	@bash dev/up.sh down
+
+.PHONY: logs
+logs: ## follow the services' logs
+	@bash dev/up.sh logs
+
+.PHONY: status
+status: ## show whether the services and the infrastructure are up
+	@bash dev/up.sh status

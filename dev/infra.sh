@@ -19,6 +19,9 @@ mkdir -p "$STATE" "$LOGS"
 chmod 755 "$STATE"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
+# When INFRA_STARTED_LOG names a file, each server this run starts is recorded there, so
+# the caller (make up / make down) can stop exactly what it started.
+started() { [[ -n "${INFRA_STARTED_LOG:-}" ]] && echo "$1" >>"$INFRA_STARTED_LOG"; return 0; }
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 wait_port() { # host port name seconds
   local i
@@ -65,6 +68,7 @@ mariadb_up() {
   fi
   if ! alive "$STATE/mariadb/mysqld.pid"; then
     log "starting MariaDB on $MYSQL_HOST:$MYSQL_PORT"
+    started mariadb
     chown -R mysql:mysql "$STATE/mariadb"
     setsid mariadbd --no-defaults --user=mysql --datadir="$data" --bind-address="$MYSQL_HOST" \
       --port="$MYSQL_PORT" --socket="$mariadb_sock" --pid-file="$STATE/mariadb/mysqld.pid" \
@@ -117,6 +121,7 @@ rabbitmq_up() {
       return 0
     fi
     log "starting RabbitMQ on $RABBITMQ_HOST:$RABBITMQ_PORT"
+    started rabbitmq
     rabbitmq-server -detached >"$LOGS/rabbitmq-start.log" 2>&1
   fi
   # -detached returns before the node registers; wait for it to answer, then for full start.
@@ -165,6 +170,7 @@ mongo_up() {
   fi
   ferret_build
   log "starting FerretDB on $MONGO_HOST:$MONGO_PORT"
+  started mongodb
   setsid "$ferret_bin" -listen "$MONGO_HOST:$MONGO_PORT" -data-dir "$STATE/ferretdb-data" \
     </dev/null >>"$LOGS/ferretdb.log" 2>&1 &
   echo $! >"$STATE/ferretdb.pid"
@@ -185,6 +191,7 @@ smtp_up() {
     log "something already listens on $SMTP_HOST:$SMTP_PORT; using it as the SMTP server"
     return 0
   fi
+  started smtp
   log "starting the SMTP sink on $SMTP_HOST:$SMTP_PORT (mail lands in $SMTP_SINK_DIR)"
   setsid "$PYTHON" "$ROOT/dev/smtp_sink.py" --host "$SMTP_HOST" --port "$SMTP_PORT" --maildir "$SMTP_SINK_DIR" \
     </dev/null >>"$LOGS/smtp-sink.log" 2>&1 &
@@ -212,10 +219,14 @@ case "${1:-}" in
     log "infrastructure is up (state in $STATE)"
     ;;
   down)
-    smtp_down
-    mongo_down
-    rabbitmq_down
-    mariadb_down
+    # With names (mariadb rabbitmq mongodb smtp) only those; without, all of them.
+    shift
+    want=" ${*:-mariadb rabbitmq mongodb smtp} "
+    [[ "$want" == *" smtp "* ]] && smtp_down
+    [[ "$want" == *" mongodb "* ]] && mongo_down
+    [[ "$want" == *" rabbitmq "* ]] && rabbitmq_down
+    [[ "$want" == *" mariadb "* ]] && mariadb_down
+    true
     ;;
   status)
     status_line mariadb "$MYSQL_HOST" "$MYSQL_PORT"
@@ -228,7 +239,7 @@ case "${1:-}" in
     rabbitmqctl_ "$@"
     ;;
   *)
-    echo "usage: $0 up|down|status|rabbitmqctl ARGS" >&2
+    echo "usage: $0 up|down [NAME...]|status|rabbitmqctl ARGS" >&2
     exit 2
     ;;
 esac

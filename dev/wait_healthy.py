@@ -1,0 +1,59 @@
+"""Waits until every local service answers its health check (used by `make up`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def grpc_serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL of our own
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    env = os.environ
+    checks = {
+        "auth": lambda: grpc_serving(env["AUTH_SVC_ADDRESS"]),
+        "storage": lambda: grpc_serving(env["STORAGE_SVC_ADDRESS"]),
+        "gateway": lambda: http_ok(f"http://127.0.0.1:{env['GATEWAY_PORT']}/readyz"),
+        "converter": lambda: http_ok(f"http://127.0.0.1:{env['CONVERTER_HEALTH_PORT']}/healthz"),
+        "notifier": lambda: http_ok(f"http://127.0.0.1:{env['NOTIFIER_HEALTH_PORT']}/healthz"),
+    }
+    deadline = time.monotonic() + args.timeout
+    pending = dict(checks)
+    while pending and time.monotonic() < deadline:
+        for name, check in list(pending.items()):
+            if check():
+                print(f"[up] {name} is healthy", file=sys.stderr)
+                del pending[name]
+        time.sleep(0.5)
+    if pending:
+        print(f"[up] not healthy after {args.timeout:.0f}s: {', '.join(pending)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The shared gRPC bootstrap: health per service, reflection, error hygiene, graceful stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common.grpc_server import GrpcServer, create_server
+from tests.support import ROOT, free_port, port_open, wait_for
+
+SERVICE = "test.v1.EchoService"
+
+
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    if request == b"abort":
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad echo")
+    if request == b"boom":
+        raise RuntimeError("secret internal detail")
+    return request
+
+
+def _add_echo(server: grpc.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+@pytest.fixture
+def echo_server() -> Iterator[GrpcServer]:
+    srv = create_server([(SERVICE, _add_echo)], port=0)
+    srv.server.start()
+    srv.set_serving(True)
+    yield srv
+    srv.stop(grace=1)
+
+
+def call(srv: GrpcServer, payload: bytes) -> bytes:
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        echo = channel.unary_unary(f"/{SERVICE}/Echo")
+        return bytes(echo(payload, timeout=5))
+
+
+def test_health_reports_each_service(echo_server: GrpcServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{echo_server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in (SERVICE, ""):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        echo_server.set_serving(False)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_errors_keep_their_code_and_hide_internals(echo_server: GrpcServer) -> None:
+    assert call(echo_server, b"hi") == b"hi"
+    with pytest.raises(grpc.RpcError) as aborted:
+        call(echo_server, b"abort")
+    assert aborted.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert aborted.value.details() == "bad echo"
+    with pytest.raises(grpc.RpcError) as crashed:
+        call(echo_server, b"boom")
+    assert crashed.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (crashed.value.details() or "")
+
+
+def test_reflection_lists_services(echo_server: GrpcServer) -> None:
+    grpcurl = ROOT / ".venv/bin/grpcurl"
+    out = subprocess.run(
+        [str(grpcurl), "-plaintext", f"127.0.0.1:{echo_server.port}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    assert SERVICE in out
+    assert "grpc.health.v1.Health" in out
+
+
+def test_sigterm_stops_gracefully_with_json_logs(tmp_path: object) -> None:
+    port = free_port()
+    script = textwrap.dedent(f"""
+        from common.logs import setup_logging
+        from common.grpc_server import create_server, serve_forever
+        setup_logging("probe")
+        serve_forever(create_server([], port={port}), grace=1)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}", "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=20, what="probe server")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assert messages[-1] == "stopped"
+    assert all(line["service"] == "probe" and "severity" in line and "time" in line for line in lines)
