@@ -1,0 +1,504 @@
+"""The converter's message handler: one ConversionRequested → one MP3 in storage + one event.
+
+Order of work (so that a crash at any point is repaired by redelivery):
+
+1. ``TransitionJob`` queued → converting (conditional; the attempt counter goes up).
+   If the job is not queued: succeeded → publish ConversionSucceeded again (the notifier
+   deduplicates) and ack; failed → publish ConversionFailed again and ack; converting and the
+   message was redelivered (or came back from the delay queue) → a worker died or gave up
+   mid-job: take it over; converting otherwise → a duplicate message: ack.
+2. Spool the video from storage to a private temporary file (removed in ``finally``).
+3. Transcode and stream the MP3 into ``StorageService.Upload`` as it is produced. A failure
+   mid-way cancels the upload, and storage keeps nothing of a cancelled upload.
+4. ``TransitionJob`` converting → succeeded with the MP3 id. If another worker won, the
+   MP3 just written is deleted.
+5. Publish ConversionSucceeded with publisher confirms; the consumer acks afterwards.
+
+Bad media fails the job for good (ConversionFailed). An unavailable dependency raises
+``TransientError``: the consumer retries through the delay queue; on the last attempt the
+job is marked failed before the message is parked in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from video2mp3.events.v1 import events_pb2
+from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
+
+from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from converter.settings import Settings
+from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
+
+log = logging.getLogger("converter")
+T = TypeVar("T")
+
+QUEUED = jobs_pb2.JOB_STATE_QUEUED
+CONVERTING = jobs_pb2.JOB_STATE_CONVERTING
+SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
+FAILED = jobs_pb2.JOB_STATE_FAILED
+
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+GAVE_UP_REASON = (
+    "the conversion could not be finished because a service it needs was unavailable for too long; "
+    "please upload the video again later"
+)
+SPOOL_CHUNK = 1024 * 1024
+
+
+class Publisher(Protocol):
+    """What the worker needs from common.amqp.Publisher (a fake in unit tests)."""
+
+    def publish(self, routing_key: str, message: Message, correlation_id: str) -> None: ...
+
+
+@dataclass
+class Result:
+    mp3_id: str
+    mp3_size: int
+    duration_seconds: float
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
+def _details(error: grpc.RpcError) -> str:
+    details = getattr(error, "details", None)
+    return str(details()) if callable(details) else repr(error)
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class Converter:
+    """The handler given to common.amqp.Consumer. Thread-safe: no per-job state on self."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        channel: grpc.Channel,
+        publisher: Publisher,
+        abort: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage_pb2_grpc.StorageServiceStub(channel)
+        self.jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        self.publisher = publisher
+        self.options = settings.encode_options()
+        # Set after SIGTERM's grace period: the current job is cut off (and redelivered later).
+        self.abort = abort or threading.Event()
+
+    # ------------------------------------------------------------------------------ entry
+    def __call__(self, delivery: Delivery) -> Outcome:
+        request = self._parse(delivery)
+        if request is None:
+            return Outcome.DEAD
+        extra = {"job_id": request.job_id, "attempt": delivery.attempt, "redelivered": delivery.redelivered}
+        try:
+            return self._handle(request, delivery, extra)
+        except Cancelled:
+            log.info("worker stopping: job cut off, it will be converted again", extra=extra)
+            return Outcome.RETRY
+        except Exception as error:
+            # Transient errors (and bugs) are retried by the consumer; on the last attempt the
+            # job is marked failed here, so it is never left "converting" in the dead letters.
+            if delivery.attempt >= self.settings.max_attempts:
+                log.error("giving up on the job", exc_info=True, extra={**extra, "error": str(error)})
+                self._give_up(request)
+                return Outcome.DEAD
+            raise
+
+    def _parse(self, delivery: Delivery) -> events_pb2.ConversionRequested | None:
+        expected = events_pb2.ConversionRequested.DESCRIPTOR.full_name
+        if delivery.message_type and delivery.message_type != expected:
+            log.error("unexpected message type; parked", extra={"type": delivery.message_type})
+            return None
+        request = events_pb2.ConversionRequested()
+        try:
+            request.ParseFromString(delivery.body)
+        except DecodeError:
+            log.error(
+                "message is not a ConversionRequested; parked", extra={"job_id": delivery.correlation_id}
+            )
+            return None
+        if not request.job_id or not request.video_id:
+            log.error("ConversionRequested without job or video id; parked")
+            return None
+        return request
+
+    def _handle(
+        self, request: events_pb2.ConversionRequested, delivery: Delivery, extra: dict[str, object]
+    ) -> Outcome:
+        claimed = self._claim(request, delivery, extra)
+        if claimed is not None:
+            return claimed
+        started = time.monotonic()
+        log.info("converting", extra={**extra, "original_filename": request.filename})
+        try:
+            result = self._convert(request)
+        except MediaError as error:
+            log.info(
+                "media cannot be converted", extra={**extra, "reason": error.reason, "kind": error.kind.value}
+            )
+            self._fail(request, error.reason)
+            return Outcome.ACK
+        if not self._finish(request, result, extra):
+            return Outcome.ACK
+        self._publish_succeeded(request, result)
+        log.info(
+            "converted",
+            extra={
+                **extra,
+                "mp3_id": result.mp3_id,
+                "mp3_bytes": result.mp3_size,
+                "audio_seconds": round(result.duration_seconds, 3),
+                "took_s": round(time.monotonic() - started, 3),
+            },
+        )
+        return Outcome.ACK
+
+    # ------------------------------------------------------------------------------ job state
+    def _rpc(self, what: str, call: Callable[[], T]) -> T:
+        """Run one unary call; transient gRPC errors become TransientError."""
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if _code(error) in TRANSIENT_CODES:
+                raise TransientError(
+                    f"storage unavailable during {what}: {_code(error)} {_details(error)}"
+                ) from error
+            raise
+
+    def _transition(
+        self,
+        job_id: str,
+        expected: jobs_pb2.JobState.ValueType,
+        new: jobs_pb2.JobState.ValueType,
+        *,
+        mp3_id: str = "",
+        failure_reason: str = "",
+        increment_attempts: bool = False,
+        duration_seconds: float = 0.0,
+    ) -> jobs_pb2.Job | None:
+        """The job after the change, or None when it was not in ``expected`` (someone else won)."""
+        request = jobs_pb2.TransitionJobRequest(
+            job_id=job_id,
+            expected_state=expected,
+            new_state=new,
+            mp3_id=mp3_id,
+            failure_reason=failure_reason,
+            increment_attempts=increment_attempts,
+            duration_seconds=duration_seconds,
+        )
+        try:
+            response = self._rpc(
+                "TransitionJob",
+                lambda: self.jobs.TransitionJob(request, timeout=self.settings.rpc_timeout_seconds),
+            )
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.FAILED_PRECONDITION:
+                return None
+            raise
+        return response.job
+
+    def _get_job(self, job_id: str) -> jobs_pb2.Job | None:
+        try:
+            response = self._rpc(
+                "GetJob",
+                lambda: self.jobs.GetJob(
+                    jobs_pb2.GetJobRequest(job_id=job_id), timeout=self.settings.rpc_timeout_seconds
+                ),
+            )
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return response.job
+
+    def _claim(
+        self, request: events_pb2.ConversionRequested, delivery: Delivery, extra: dict[str, object]
+    ) -> Outcome | None:
+        """None when this worker now owns the job; otherwise how to settle the message."""
+        try:
+            job = self._transition(request.job_id, QUEUED, CONVERTING, increment_attempts=True)
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.NOT_FOUND:
+                log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
+                return Outcome.ACK
+            raise
+        if job is not None:
+            return None
+        current = self._get_job(request.job_id)
+        if current is None:
+            log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
+            return Outcome.ACK
+        if current.state == SUCCEEDED:
+            log.info("job already succeeded; publishing its result again", extra=extra)
+            self._publish_succeeded(
+                request,
+                Result(current.mp3_id, self._mp3_size(current), current.duration_seconds),
+            )
+            return Outcome.ACK
+        if current.state == FAILED:
+            log.info("job already failed; publishing its failure again", extra=extra)
+            self._publish_failed(request, current.failure_reason)
+            return Outcome.ACK
+        if current.state == CONVERTING:
+            if delivery.redelivered or delivery.attempt > 1:
+                log.info("taking over a job left converting", extra=extra)
+                return None
+            log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
+            return Outcome.ACK
+        # Still queued after a failed conditional change: a race with the gateway; try later.
+        raise TransientError(f"job {request.job_id} is in state {current.state}; will retry")
+
+    def _mp3_size(self, job: jobs_pb2.Job) -> int:
+        try:
+            response = self.storage.Stat(
+                storage_pb2.StatRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=job.mp3_id),
+                timeout=self.settings.rpc_timeout_seconds,
+            )
+            return int(response.file.size)
+        except grpc.RpcError:
+            return 0
+
+    def _fail(self, request: events_pb2.ConversionRequested, reason: str) -> None:
+        job = self._transition(request.job_id, CONVERTING, FAILED, failure_reason=reason)
+        if job is None:
+            current = self._get_job(request.job_id)
+            if current is None or current.state != FAILED:
+                log.warning(
+                    "job was finished elsewhere; failure not recorded",
+                    extra={"job_id": request.job_id, "state": None if current is None else current.state},
+                )
+                return
+            reason = current.failure_reason or reason
+        self._publish_failed(request, reason)
+
+    def _give_up(self, request: events_pb2.ConversionRequested) -> None:
+        """Last attempt failed on an outage: mark the job failed (best effort) before parking."""
+        try:
+            for expected in (CONVERTING, QUEUED):
+                if self._transition(request.job_id, expected, FAILED, failure_reason=GAVE_UP_REASON):
+                    self._publish_failed(request, GAVE_UP_REASON)
+                    return
+        except (TransientError, grpc.RpcError) as error:
+            log.error(
+                "could not mark the job failed; it stays for the stale-job sweep",
+                extra={"job_id": request.job_id, "error": str(error)},
+            )
+
+    def _finish(
+        self, request: events_pb2.ConversionRequested, result: Result, extra: dict[str, object]
+    ) -> bool:
+        """Record success. False (after deleting our MP3) when another worker finished first."""
+        job: jobs_pb2.Job | None = None
+        for delay in (0.5, 1.0, 2.0, None):
+            try:
+                job = self._transition(
+                    request.job_id,
+                    CONVERTING,
+                    SUCCEEDED,
+                    mp3_id=result.mp3_id,
+                    duration_seconds=result.duration_seconds,
+                )
+                break
+            except TransientError:
+                # The MP3 is stored: a short wait beats converting again on redelivery. Never
+                # delete it here — the change may have been applied with only the answer lost.
+                if delay is None or self.abort.is_set():
+                    raise
+                time.sleep(delay)
+        if job is not None:
+            return True
+        current = self._get_job(request.job_id)
+        if current is not None and current.state == SUCCEEDED and current.mp3_id == result.mp3_id:
+            return True  # our own change, applied earlier with only the answer lost
+        if current is not None and current.state == CONVERTING:
+            # Storage refused our MP3 (e.g. it vanished): convert again on the next attempt.
+            raise TransientError("storage did not accept the finished MP3; will convert again")
+        log.info(
+            "the job was finished elsewhere; deleting our MP3",
+            extra={**extra, "mp3_id": result.mp3_id, "state": None if current is None else current.state},
+        )
+        with contextlib.suppress(grpc.RpcError):
+            self.storage.Delete(
+                storage_pb2.DeleteRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=result.mp3_id),
+                timeout=self.settings.rpc_timeout_seconds,
+            )
+        return False
+
+    # ------------------------------------------------------------------------------ events
+    def _publish(
+        self,
+        routing_key: str,
+        message: events_pb2.ConversionSucceeded | events_pb2.ConversionFailed,
+        job_id: str,
+    ) -> None:
+        try:
+            self.publisher.publish(routing_key, message, job_id)
+        except PublishError as error:
+            raise TransientError(str(error)) from error
+
+    def _publish_succeeded(self, request: events_pb2.ConversionRequested, result: Result) -> None:
+        event = events_pb2.ConversionSucceeded(
+            job_id=request.job_id,
+            video_id=request.video_id,
+            mp3_id=result.mp3_id,
+            owner_id=request.owner_id,
+            owner_email=request.owner_email,
+            filename=request.filename,
+            duration_seconds=result.duration_seconds,
+            mp3_size=result.mp3_size,
+            finished_at=_now(),
+        )
+        self._publish(RK_SUCCEEDED, event, request.job_id)
+
+    def _publish_failed(self, request: events_pb2.ConversionRequested, reason: str) -> None:
+        event = events_pb2.ConversionFailed(
+            job_id=request.job_id,
+            video_id=request.video_id,
+            owner_id=request.owner_id,
+            owner_email=request.owner_email,
+            filename=request.filename,
+            reason=reason,
+            finished_at=_now(),
+        )
+        self._publish(RK_FAILED, event, request.job_id)
+
+    # ------------------------------------------------------------------------------ conversion
+    def _convert(self, request: events_pb2.ConversionRequested) -> Result:
+        spool = self._spool_path(request)
+        try:
+            self._download(request, spool)
+            transcoder = Transcoder(
+                spool, title_from_filename(request.filename), self.options, should_stop=self.abort.is_set
+            )
+            return self._upload(request, transcoder)
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _spool_path(self, request: events_pb2.ConversionRequested) -> Path:
+        directory = Path(self.settings.tmp_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="video2mp3-", suffix=".video", dir=directory)  # mode 0600
+        os.close(fd)
+        return Path(name)
+
+    def _check_space(self, size: int, directory: Path) -> None:
+        limit = self.settings.spool_max_bytes
+        if size > limit:
+            raise MediaError.too_large(size, limit)
+        free = shutil.disk_usage(directory).free
+        if size + self.settings.spool_reserve_bytes > free:
+            raise TransientError(f"not enough temporary disk space for {size} bytes ({free} free)")
+
+    def _download(self, request: events_pb2.ConversionRequested, spool: Path) -> None:
+        call = self.storage.Download(
+            storage_pb2.DownloadRequest(bucket=storage_pb2.BUCKET_VIDEOS, file_id=request.video_id),
+            timeout=self.settings.stream_timeout_seconds,
+        )
+        written = 0
+        limit = self.settings.spool_max_bytes
+        try:
+            with spool.open("wb") as out:
+                for response in call:
+                    if self.abort.is_set():
+                        call.cancel()
+                        raise Cancelled("worker stopping")
+                    if response.HasField("file"):
+                        self._check_space(int(response.file.size), spool.parent)
+                    elif response.HasField("chunk"):
+                        written += len(response.chunk)
+                        if written > limit:
+                            call.cancel()
+                            raise MediaError.too_large(written, limit)
+                        out.write(response.chunk)
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.NOT_FOUND:
+                raise MediaError.gone() from error
+            if _code(error) in TRANSIENT_CODES:
+                raise TransientError(f"video download failed: {_code(error)} {_details(error)}") from error
+            raise
+
+    def _upload(self, request: events_pb2.ConversionRequested, transcoder: Transcoder) -> Result:
+        stem = title_from_filename(request.filename) or "audio"
+        header = storage_pb2.UploadHeader(
+            bucket=storage_pb2.BUCKET_MP3S,
+            filename=f"{stem}.mp3",
+            content_type="audio/mpeg",
+            owner_id=request.owner_id,
+            job_id=request.job_id,
+        )
+        failure: list[BaseException] = []
+
+        chunks = transcoder.chunks()
+        # Errors found early (most bad media) surface here, before any upload is opened.
+        first = next(chunks, b"")
+
+        def requests() -> Iterator[storage_pb2.UploadRequest]:
+            yield storage_pb2.UploadRequest(header=header)
+            try:
+                yield storage_pb2.UploadRequest(chunk=first)
+                for chunk in chunks:
+                    if self.abort.is_set():
+                        raise Cancelled("worker stopping")
+                    yield storage_pb2.UploadRequest(chunk=chunk)
+            except Exception as error:  # noqa: BLE001 - re-raised below once the call has ended
+                # Abort in-band: a second header breaks the Upload contract ("a header first,
+                # then chunks"), so storage rejects the call and removes what it received.
+                # Cancelling the call instead is not enough: gRPC Python servers may see a
+                # client-side cancel as a clean end of stream (grpc/grpc#33038) and keep a
+                # partial file. The stream then ends normally, after the poison message.
+                failure.append(error)
+                yield storage_pb2.UploadRequest(header=header)
+
+        try:
+            response = self.storage.Upload(requests(), timeout=self.settings.stream_timeout_seconds)
+        except grpc.RpcError as error:
+            if failure:
+                raise failure[0] from None
+            if _code(error) in TRANSIENT_CODES:
+                raise TransientError(f"MP3 upload failed: {_code(error)} {_details(error)}") from error
+            if _code(error) in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}:
+                # The job finished (or vanished) meanwhile: the retry settles it from its state.
+                raise TransientError(f"storage refused the MP3: {_details(error)}") from error
+            raise
+        finally:
+            transcoder.close()
+        if failure:  # the call finished although the stream broke: never trust that file
+            with contextlib.suppress(grpc.RpcError):
+                self.storage.Delete(
+                    storage_pb2.DeleteRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=response.file.id),
+                    timeout=self.settings.rpc_timeout_seconds,
+                )
+            raise failure[0]
+        return Result(response.file.id, int(response.file.size), transcoder.duration_seconds)
