@@ -41,7 +41,6 @@ COPY auth/ auth/
 COPY storage/ storage/
 COPY converter/ converter/
 COPY notifier/ notifier/
-COPY --from=stubs /out/video2mp3/ gen/video2mp3/
 RUN pip install --no-deps .
 
 # ---------------------------------------------------------------- runtime
@@ -51,7 +50,10 @@ LABEL org.opencontainers.image.title="video2mp3" \
 RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
+# The generated stubs (package video2mp3), importable beside the installed services.
+COPY --from=stubs /out/ /opt/video2mp3-stubs/
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/video2mp3-stubs \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TMPDIR=/tmp

@@ -663,6 +663,9 @@ def test_dockerfile_is_hadolint_clean_and_as_promised(k8s_tools: None) -> None:
     assert base_image and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base_image.group(1))
     assert len(re.findall(r"^FROM ", text, re.M)) >= 3, "multi-stage"
     assert "grpc_tools.protoc" in text and "COPY protos/" in text, "stubs generated from protos/ in the build"
+    # pip install . leaves the stubs out (gen/ is on PYTHONPATH in development): the image adds them.
+    assert "COPY --from=stubs /out/ /opt/video2mp3-stubs/" in text
+    assert re.search(r"^\s+PYTHONPATH=/opt/video2mp3-stubs", text, re.M)
     assert re.search(r"^USER 10001:10001$", text, re.M), "non-root user"
     assert "PYTHONUNBUFFERED=1" in text
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
