@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import partial
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import grpc
 import pytest
