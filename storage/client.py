@@ -4,6 +4,7 @@ response stream into its FileInfo and the chunks that follow."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 
 from video2mp3.storage.v1 import storage_pb2
@@ -12,10 +13,17 @@ from video2mp3.storage.v1 import storage_pb2
 def upload_requests(
     header: storage_pb2.UploadHeader, chunks: Iterable[bytes]
 ) -> Iterator[storage_pb2.UploadRequest]:
+    """Header, chunks, then the finish message with the size and SHA-256 of what was sent.
+    An exception raised by ``chunks`` cancels the call, and no finish is sent."""
     yield storage_pb2.UploadRequest(header=header)
+    digest = hashlib.sha256()
+    size = 0
     for chunk in chunks:
         if chunk:
+            digest.update(chunk)
+            size += len(chunk)
             yield storage_pb2.UploadRequest(chunk=chunk)
+    yield storage_pb2.UploadRequest(finish=storage_pb2.UploadFinish(size=size, sha256=digest.hexdigest()))
 
 
 def split_download(

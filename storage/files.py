@@ -148,8 +148,13 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         limit = self.settings.max_upload_bytes
         committed = False
         try:
+            finish: storage_pb2.UploadFinish | None = None
             for request in request_iterator:
-                if request.WhichOneof("payload") != "chunk":
+                kind = request.WhichOneof("payload")
+                if kind == "finish":
+                    finish = request.finish
+                    break
+                if kind != "chunk":
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message is a header")
                 data = request.chunk
                 size += len(data)
@@ -159,12 +164,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     )
                 digest.update(data)
                 grid_in.write(data)
-            if not context.is_active():
-                context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+            if finish is None or not context.is_active():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload ended without its finish message")
+            assert finish is not None
+            sha = digest.hexdigest()
+            if finish.size != size or (finish.sha256 and finish.sha256.lower() != sha):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the bytes received differ from those sent")
             if size == 0:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the file is empty")
-            # The metadata dict is written with the file document when the file is closed.
-            metadata["sha256"] = digest.hexdigest()
+            metadata["sha256"] = sha
             grid_in.close()
             committed = True
             return size

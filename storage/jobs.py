@@ -4,6 +4,12 @@ Every state change is one conditional ``find_one_and_update`` filtered on the ex
 state, so of two workers racing for the same job exactly one wins; the other gets
 FAILED_PRECONDITION. Finished jobs (SUCCEEDED, FAILED) never change state again.
 
+On MongoDB that update is atomic, whatever the number of storage replicas. FerretDB 1.x
+(the local MongoDB-compatible server, SQLite handler) runs findAndModify as a query
+followed by a separate write, so two concurrent calls can both match: the service
+therefore also serialises the conditional updates of one job inside the process (striped
+locks). With FerretDB, run a single storage replica; with MongoDB, any number.
+
 At most one MP3 per job: MP3s uploaded with a ``job_id`` carry it in their metadata. When
 a job reaches a finished state, every MP3 of that job other than its ``mp3_id`` is removed
 (the output of a worker that lost the race, or of one that died before recording it), and
@@ -13,6 +19,8 @@ an MP3 upload that completes after its job finished is refused and removed.
 from __future__ import annotations
 
 import logging
+import threading
+import zlib
 from datetime import timedelta
 from typing import Any
 
@@ -81,8 +89,13 @@ def reconcile_job_mp3s(mongo: Mongo, doc: dict[str, Any]) -> None:
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    def __init__(self, mongo: Mongo) -> None:
+    def __init__(self, mongo: Mongo, lock_stripes: int = 64) -> None:
         self.mongo = mongo
+        self._locks = [threading.Lock() for _ in range(lock_stripes)]
+
+    def _lock(self, job_id: str) -> threading.Lock:
+        """Serialises the conditional updates of one job in this process (see the module doc)."""
+        return self._locks[zlib.crc32(job_id.encode()) % len(self._locks)]
 
     def _find(self, job_id: str, owner_id: str, context: grpc.ServicerContext) -> dict[str, Any]:
         oid = parse_id(job_id, "job_id", context)
@@ -174,11 +187,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             update: dict[str, Any] = {"$set": changes}
             if request.increment_attempts:
                 update["$inc"] = {"attempts": 1}
-            doc = self.mongo.jobs.find_one_and_update(
-                {"_id": job["_id"], "state": expected},
-                update,
-                return_document=pymongo.ReturnDocument.AFTER,
-            )
+            with self._lock(request.job_id):
+                doc = self.mongo.jobs.find_one_and_update(
+                    {"_id": job["_id"], "state": expected},
+                    update,
+                    return_document=pymongo.ReturnDocument.AFTER,
+                )
             if doc is None:
                 current = self.mongo.jobs.find_one({"_id": job["_id"]})
                 if current is None:
@@ -214,11 +228,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.MarkNotifiedResponse:
         oid = parse_id(request.job_id, "job_id", context)
         with unavailable_on_mongo_error(context):
-            doc = self.mongo.jobs.find_one_and_update(
-                {"_id": oid, "notified": {"$ne": True}},
-                {"$set": {"notified": True, "updated_at": now()}},
-                return_document=pymongo.ReturnDocument.AFTER,
-            )
+            with self._lock(request.job_id):
+                doc = self.mongo.jobs.find_one_and_update(
+                    {"_id": oid, "notified": {"$ne": True}},
+                    {"$set": {"notified": True, "updated_at": now()}},
+                    return_document=pymongo.ReturnDocument.AFTER,
+                )
             if doc is None:
                 if self.mongo.jobs.count_documents({"_id": oid}, limit=1) == 0:
                     context.abort(grpc.StatusCode.NOT_FOUND, "job not found")

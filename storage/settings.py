@@ -20,7 +20,7 @@ class Settings:
     mp3_bucket: str = "mp3s"
     jobs_collection: str = "jobs"
     # Largest file accepted by Upload (bytes).
-    max_upload_bytes: int = 1024 * MIB
+    max_upload_bytes: int = 512 * MIB
     # Size of the chunks sent by Download, and of the GridFS chunks written by Upload.
     chunk_bytes: int = 256 * 1024
     # How long a MongoDB operation may wait for a server before answering UNAVAILABLE.
@@ -37,7 +37,7 @@ class Settings:
             video_bucket=env_str("VIDEO_BUCKET", "videos", env),
             mp3_bucket=env_str("MP3_BUCKET", "mp3s", env),
             jobs_collection=env_str("JOBS_COLLECTION", "jobs", env),
-            max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 1024 * MIB, env),
+            max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 512 * MIB, env),
             chunk_bytes=env_int("STORAGE_CHUNK_BYTES", 256 * 1024, env),
             mongo_timeout_ms=env_int("MONGO_TIMEOUT_MS", 5000, env),
             grpc_workers=env_int("STORAGE_GRPC_WORKERS", 32, env),

@@ -141,6 +141,34 @@ def test_malformed_uploads_are_refused(storage_service: StorageHandle) -> None:
         ]
     )
     assert code_of(lambda: files.Upload(twice)) == invalid
+    # Chunks but no finish message (what a cancellation can look like to the server).
+    data = os.urandom(600_000)
+    unfinished = iter([storage_pb2.UploadRequest(header=header), storage_pb2.UploadRequest(chunk=data)])
+    assert code_of(lambda: files.Upload(unfinished)) == invalid
+    # A finish that does not match what arrived.
+    for finish in [
+        storage_pb2.UploadFinish(size=len(data) + 1),
+        storage_pb2.UploadFinish(size=len(data), sha256=sha256(b"other")),
+    ]:
+        wrong = iter(
+            [
+                storage_pb2.UploadRequest(header=header),
+                storage_pb2.UploadRequest(chunk=data),
+                storage_pb2.UploadRequest(finish=finish),
+            ]
+        )
+        assert code_of(partial(files.Upload, wrong)) == invalid
+    # Without the optional sha256 the size is enough.
+    fine = iter(
+        [
+            storage_pb2.UploadRequest(header=header),
+            storage_pb2.UploadRequest(chunk=data),
+            storage_pb2.UploadRequest(finish=storage_pb2.UploadFinish(size=len(data))),
+        ]
+    )
+    stored = files.Upload(fine).file
+    assert stored.sha256 == sha256(data)
+    files.Delete(storage_pb2.DeleteRequest(bucket=VIDEOS, file_id=stored.id))
     # No owner, no bucket.
     no_owner = storage_pb2.UploadHeader(bucket=VIDEOS, filename="a.mp4")
     assert code_of(lambda: files.Upload(upload_requests(no_owner, [b"x"]))) == invalid
