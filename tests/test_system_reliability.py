@@ -179,7 +179,7 @@ def run_round(
     # Exactly one MP3 per succeeded job, none for failed ones.
     client = system.infra.mongo()
     try:
-        files = client[system.infra.mongo_db]["mp3s.files"]
+        files = client[system.mongo_db]["mp3s.files"]
         per_job = Counter(
             doc["metadata"].get("job_id") for doc in files.find({"metadata.job_id": {"$in": list(jobs)}})
         )

@@ -45,7 +45,7 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         **ports,
         "RUN_DIR": str(work / "run"),
         "MYSQL_DB": infra.mysql_db,
-        "MONGO_DB": infra.mongo_db,
+        "MONGO_DB": f"{infra.mongo_db}_up",  # its own: a sweeper re-publishes every stuck job it sees
         "RABBITMQ_VHOST": infra.vhost,
         "RABBITMQ_URL": infra.rabbitmq_url,
         "SMTP_PORT": str(sink.port),
@@ -68,6 +68,9 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             ["bash", "dev/up.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
         )
         sink.stop()
+        client = infra.mongo()
+        client.drop_database(env["MONGO_DB"])
+        client.close()
         assert down.returncode == 0, down.stderr
         # Exactly what it started is gone; the shared infrastructure is still up.
         assert not port_open("127.0.0.1", int(ports["GATEWAY_PORT"]))
