@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import shlex
 import sys
@@ -25,17 +26,10 @@ TITLES = {"conversion": "Conversion", "streaming": "Streaming memory", "end_to_e
 
 
 def _runner(name: str) -> Callable[..., Section]:
-    if name == "conversion":
-        from benchmarks import conversion
-
-        return conversion.run
-    if name == "streaming":
-        from benchmarks import streaming
-
-        return streaming.run
-    from benchmarks import end_to_end
-
-    return end_to_end.run
+    """A section's ``run``, imported only when asked for (sections 2-3 need the services' code)."""
+    module = importlib.import_module(f"benchmarks.{name}")
+    run: Callable[..., Section] = module.run
+    return run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,8 +38,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3; quick: 1)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--cache-dir", type=Path, default=media.DEFAULT_CACHE, help="generated inputs")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="Markdown file to write (default BENCHMARKS.md; quick: none)")  # fmt: skip
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="Markdown file to write (default BENCHMARKS.md; quick: none)",
+    )
     args = parser.parse_args(argv)
     args.only = [name.strip().replace("-", "_") for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.only) - set(SECTIONS))
@@ -76,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             "running; the figures will be noisy"
         )
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    progress.note(f"inputs cached in {args.cache_dir}; {args.runs} run(s) each; sections: {', '.join(args.only)}")
+    progress.note(f"inputs in {args.cache_dir}; {args.runs} run(s) each; sections: {', '.join(args.only)}")
     sections: list[Section] = []
     failed = False
     for name in args.only:
         try:
-            sections.append(_runner(name)(runs=args.runs, quick=args.quick, cache=args.cache_dir, progress=progress))
+            run = _runner(name)
+            sections.append(run(runs=args.runs, quick=args.quick, cache=args.cache_dir, progress=progress))
         except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
             failed = True
             progress.note(f"{name} failed: {error!r}")

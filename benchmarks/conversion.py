@@ -36,8 +36,19 @@ QUICK_INPUTS = (
 
 
 def ffmpeg_command(source: Path, target: Path) -> list[str]:
-    return [media.debian_ffmpeg(), "-nostdin", "-y", "-i", str(source), "-vn", "-c:a", "libmp3lame",
-            "-b:a", "192k", str(target)]  # fmt: skip
+    return [
+        media.debian_ffmpeg(),
+        "-nostdin",
+        "-y",
+        "-i",
+        str(source),
+        "-vn",
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "192k",
+        str(target),
+    ]
 
 
 def ours_command(source: Path, target: Path) -> list[str]:
@@ -64,8 +75,10 @@ def _checked(run: ChildRun, what: str) -> ChildRun:
 
 
 def measure_input(spec: media.VideoSpec, runs: int, cache: Path, progress: Progress) -> InputResult:
-    with progress.step(f"conversion · generating {spec.label} (cached after the first time)"):
-        source = media.make_video(spec, cache)
+    if not (cache / spec.filename).exists():
+        with progress.step(f"conversion · generating {spec.label} (cached for later runs)"):
+            media.make_video(spec, cache)
+    source = media.make_video(spec, cache)
     media.warm(source)
     result = InputResult(spec)
     out_dir = Path(tempfile.mkdtemp(prefix="conv-", dir=cache))
@@ -105,10 +118,17 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         "each run a fresh process like ours (`python -m benchmarks.adapter IN OUT`, which calls "
         "`converter.transcode.Transcoder`: PyAV decode → lameenc encode, 192 kb/s CBR).",
         columns=[
-            "input", "ffmpeg time", "our time", "time ratio (ours/ffmpeg)", "ffmpeg media s/s",
-            "our media s/s", "ffmpeg peak RSS", "our peak RSS", "our in-process time",
+            "input",
+            "ffmpeg time",
+            "our time",
+            "time ratio (ours/ffmpeg)",
+            "ffmpeg media s/s",
+            "our media s/s",
+            "ffmpeg peak RSS",
+            "our peak RSS",
+            "our in-process time",
         ],
-    )  # fmt: skip
+    )
     for spec in QUICK_INPUTS if quick else FULL_INPUTS:
         result = measure_input(spec, runs, cache, progress)
         ff_wall = median([r.wall_seconds for r in result.ffmpeg])
@@ -120,23 +140,36 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         ratio = our_wall / ff_wall
         section.rows.append(
             [
-                spec.label, seconds(ff_wall), seconds(our_wall), f"{ratio:.2f}×",
-                f"{spec.seconds / ff_wall:.0f}", f"{spec.seconds / our_wall:.0f}",
-                mib(ff_rss), mib(our_rss), seconds(in_process),
+                spec.label,
+                seconds(ff_wall),
+                seconds(our_wall),
+                f"{ratio:.2f}x",
+                f"{spec.seconds / ff_wall:.0f}",
+                f"{spec.seconds / our_wall:.0f}",
+                mib(ff_rss),
+                mib(our_rss),
+                seconds(in_process),
             ]
-        )  # fmt: skip
-        section.targets.append(Target(f"time ≤ {RATIO_TARGET}× ffmpeg ({spec.label})", f"{ratio:.2f}×",
-                                      ratio <= RATIO_TARGET))  # fmt: skip
-        section.targets.append(Target(f"peak memory < 64 MiB ({spec.label})", f"{mib(our_max_rss)} (max of runs)",
-                                      our_max_rss < MEMORY_TARGET))  # fmt: skip
+        )
+        section.targets += [
+            Target(f"time ≤ {RATIO_TARGET}x ffmpeg ({spec.label})", f"{ratio:.2f}x", ratio <= RATIO_TARGET),
+            Target(
+                f"peak memory < 64 MiB ({spec.label})",
+                f"{mib(our_max_rss)} (max of runs)",
+                our_max_rss < MEMORY_TARGET,
+            ),
+        ]
         encoders = sorted({str(r["encoder"]) for r in result.ours_reports})
-        section.notes.append(f"{spec.label}: outputs checked with ffprobe — {'; '.join(result.checks)}; "
-                             f"our encoder: {', '.join(encoders)}.")  # fmt: skip
-        walls = ", ".join(f"{a.wall_seconds:.2f}/{b.wall_seconds:.2f}" for a, b in zip(result.ffmpeg, result.ours))
+        section.notes.append(
+            f"{spec.label}: outputs checked with ffprobe — {'; '.join(result.checks)}; "
+            f"our encoder: {', '.join(encoders)}."
+        )
+        pairs = zip(result.ffmpeg, result.ours, strict=True)
+        walls = ", ".join(f"{a.wall_seconds:.2f}/{b.wall_seconds:.2f}" for a, b in pairs)
         section.notes.append(f"{spec.label}: every run, ffmpeg/ours wall seconds: {walls}.")
     section.notes.append(
         "Time is wall time of the whole process, from spawn to exit (our Python start-up and imports "
-        "included); \"in-process time\" is ours from opening the file to the last MP3 byte. Media s/s = "
+        'included); "in-process time" is ours from opening the file to the last MP3 byte. Media s/s = '
         "seconds of sound converted per wall-clock second. Peak RSS = the process's own maximum "
         "resident set (`wait4` ru_maxrss)."
     )

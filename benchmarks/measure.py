@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 MIB = 1024 * 1024
 
@@ -45,7 +46,11 @@ def run_child(
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            list(args), env=None if env is None else dict(env), cwd=cwd, stdout=out, stderr=err,
+            list(args),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
             stdin=subprocess.DEVNULL,
         )
         deadline = start + timeout
@@ -166,9 +171,7 @@ class RssSampler:
     def peaks(self) -> dict[str, PeakRss]:
         self.sample()
         with self._lock:
-            return {
-                name: PeakRss(max(peaks.values(), default=0), len(peaks)) for name, peaks in self._peaks.items()
-            }
+            return {name: PeakRss(max(p.values(), default=0), len(p)) for name, p in self._peaks.items()}
 
 
 # --------------------------------------------------------------------------- progress
@@ -177,15 +180,15 @@ class RssSampler:
 class Progress:
     """What the benchmark is doing, on stderr: section, step, run i/n, elapsed time."""
 
-    def __init__(self, stream: object = None, heartbeat: float = 30.0) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(self, stream: TextIO | None = None, heartbeat: float = 30.0) -> None:
+        self.stream: TextIO = stream or sys.stderr
         self.start = time.monotonic()
         self.heartbeat = heartbeat
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
 
     def _write(self, text: str) -> None:
-        self.stream.write(text)  # type: ignore[attr-defined]
-        self.stream.flush()  # type: ignore[attr-defined]
+        self.stream.write(text)
+        self.stream.flush()
 
     def _clock(self) -> str:
         total = int(time.monotonic() - self.start)
@@ -224,5 +227,8 @@ class Progress:
             took = time.monotonic() - began
             state = f"{took:.1f} s" if ok else f"FAILED after {took:.1f} s"
             prefix = "\r" if self.tty else ""
-            self._write(f"{prefix}[bench {self._clock()}] {message} … {state}\033[K\n" if self.tty else
-                        f"[bench {self._clock()}] {message} … {state}\n")
+            self._write(
+                f"{prefix}[bench {self._clock()}] {message} … {state}\033[K\n"
+                if self.tty
+                else f"[bench {self._clock()}] {message} … {state}\n"
+            )

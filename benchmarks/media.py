@@ -1,7 +1,7 @@
 """Benchmark inputs, generated with Debian's ffmpeg (lavfi test sources) and cached.
 
 Nothing here is committed: files are made on first use under the cache directory
-(``BENCH_CACHE_DIR``, default /var/tmp/video2mp3-bench) and named after every parameter
+(``BENCH_CACHE_DIR``, default ~/.cache/video2mp3-bench) and named after every parameter
 that shapes them, so a changed spec makes a new file and a finished file is reused.
 """
 
@@ -13,7 +13,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_CACHE = Path(os.environ.get("BENCH_CACHE_DIR", "/var/tmp/video2mp3-bench"))
+DEFAULT_CACHE = Path(
+    os.environ.get("BENCH_CACHE_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "video2mp3-bench"
+)
 FORMATS = {"mp4": "mp4", "mkv": "matroska"}
 
 

@@ -159,7 +159,9 @@ def _ferretdb_module_version() -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def render(sections: list[Section], info: RunInfo, machine_info: dict[str, str], versions_info: dict[str, str]) -> str:
+def render(
+    sections: list[Section], info: RunInfo, machine_info: dict[str, str], versions_info: dict[str, str]
+) -> str:
     started = info.started.strftime("%Y-%m-%d %H:%M UTC")
     took = (info.finished - info.started).total_seconds() / 60 if info.finished else 0.0
     lines = [

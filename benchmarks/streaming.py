@@ -1,0 +1,267 @@
+"""Section 2: memory stays flat while big files stream through the system.
+
+Phases, each on the same running services with their peak RSS (VmHWM) reset in between:
+
+  small  — a small video uploaded and downloaded through gateway → storage
+  big    — a 1 GiB video, the same way (``runs`` times, interleaved with the baseline)
+  clip   — the converter converts a short clip (fresh converter process)
+  long   — the converter converts a 60-minute video
+
+Upload throughput is a ratio to the baseline: a direct pymongo GridFS upload of the same
+file to the same server (chunk size as storage's), in the same invocation.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gridfs
+
+from benchmarks import media
+from benchmarks.measure import MIB, Progress, RssSampler, median
+from benchmarks.report import Section, Target, mib, seconds
+from benchmarks.system import Client, System, SystemUnavailable
+
+GIB = 1024**3
+MEMORY_TARGET = 100 * MIB
+FLAT_GROWTH = 10 * MIB  # "flat": the big file's peak within this of the small file's
+THROUGHPUT_TARGET = 0.7
+STORAGE_CHUNK = 256 * 1024  # storage's STORAGE_CHUNK_BYTES default, used for the baseline too
+
+
+@dataclass(frozen=True)
+class Sizes:
+    big: int
+    small: int
+    source: media.VideoSpec  # looped to make the big and small files
+    long: media.VideoSpec  # the long conversion
+    clip: media.VideoSpec
+
+
+FULL = Sizes(
+    big=GIB,
+    small=32 * MIB,
+    source=media.VideoSpec("10-min 720p H.264/AAC MP4", 600, 1280, 720, fps=25),
+    long=media.VideoSpec("60-min 320x240 H.264/AAC MP4", 3600, 320, 240, fps=15),
+    clip=media.VideoSpec("10-s 720p H.264/AAC MP4", 10, 1280, 720, fps=25),
+)
+QUICK = Sizes(
+    big=8 * MIB,
+    small=1 * MIB,
+    source=media.VideoSpec("6-s 720p H.264/AAC MP4", 6, 1280, 720, fps=25),
+    long=media.VideoSpec("12-s 320x240 H.264/AAC MP4", 12, 320, 240, fps=15),
+    clip=media.VideoSpec("2-s 320x240 H.264/AAC MP4", 2, 320, 240, fps=15),
+)
+
+
+@dataclass
+class Results:
+    peaks: dict[str, dict[str, int]] = field(default_factory=dict)  # phase → service → bytes
+    system_upload: list[float] = field(default_factory=list)
+    direct_upload: list[float] = field(default_factory=list)
+    big_download: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def direct_gridfs_upload(system: System, path: Path) -> float:
+    """The baseline: pymongo's GridFS upload of ``path`` into the same server; seconds taken."""
+    client = system.infra.mongo()
+    try:
+        bucket = gridfs.GridFSBucket(
+            client[system.infra.mongo_db], bucket_name="bench_direct", chunk_size_bytes=STORAGE_CHUNK
+        )
+        began = time.perf_counter()
+        with path.open("rb") as handle:
+            file_id = bucket.upload_from_stream(path.name, handle)
+        took = time.perf_counter() - began
+        bucket.delete(file_id)
+        return took
+    finally:
+        client.close()
+
+
+def _timed_upload(client: Client, path: Path) -> tuple[float, dict[str, object]]:
+    began = time.perf_counter()
+    body = client.upload(path)
+    return time.perf_counter() - began, body
+
+
+def _download_video(client: Client, video_id: str, results: Results, size: int) -> float | None:
+    began = time.perf_counter()
+    try:
+        got = client.download(video_id)
+    except Exception as error:  # noqa: BLE001 - the API may serve MP3s only: noted, MP3 download used
+        results.notes.append(
+            f"Downloading the uploaded video itself was refused ({error}); the download "
+            "figures are the 60-minute video's MP3 instead."
+        )
+        return None
+    took = time.perf_counter() - began
+    if got < size:
+        results.notes.append(f"download returned {got} bytes of {size}")
+    return took
+
+
+def measure(system: System, sizes: Sizes, runs: int, cache: Path, progress: Progress) -> Results:
+    results = Results()
+    with progress.step("streaming · generating inputs (cached after the first time)"):
+        source = media.make_video(sizes.source, cache)
+        big = media.make_big_file(source, sizes.big, cache)
+        small = media.make_big_file(source, sizes.small, cache)
+        long = media.make_video(sizes.long, cache)
+        clip = media.make_video(sizes.clip, cache)
+    for path in (big, small, long, clip):
+        media.warm(path)
+    client = system.client()
+    client.register_and_login(f"bench-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16))
+    sampler = RssSampler(system.pids("gateway", "storage")).start()
+    can_download_video = True
+    try:
+        # Phase small: the reference for "flat".
+        sampler.reset()
+        with progress.step(f"streaming · small file ({small.stat().st_size / MIB:.0f} MiB) up and down"):
+            _, body = _timed_upload(client, small)
+            can_download_video = (
+                _download_video(client, str(body["video_id"]), results, small.stat().st_size) is not None
+            )
+        results.peaks["small"] = {k: v.bytes for k, v in sampler.peaks().items()}
+        # Phase big: system and baseline uploads interleaved, alternating who goes first.
+        sampler.reset()
+        big_size = big.stat().st_size
+        for index in range(runs):
+            order = ("system", "direct") if index % 2 == 0 else ("direct", "system")
+            for who in order:
+                with progress.step(
+                    f"streaming · {big_size / MIB:.0f} MiB upload · {who} · run {index + 1}/{runs}"
+                ):
+                    if who == "direct":
+                        results.direct_upload.append(direct_gridfs_upload(system, big))
+                    else:
+                        took, body = _timed_upload(client, big)
+                        results.system_upload.append(took)
+                        if can_download_video:
+                            with progress.step(
+                                f"streaming · {big_size / MIB:.0f} MiB download · run {index + 1}/{runs}"
+                            ):
+                                got = _download_video(client, str(body["video_id"]), results, big_size)
+                            if got is None:
+                                can_download_video = False
+                            else:
+                                results.big_download.append(got)
+        results.peaks["big"] = {k: v.bytes for k, v in sampler.peaks().items()}
+    finally:
+        sampler.stop()
+    # The uploads above were for streaming only: never converted.
+    system.purge()
+    converter = system.start_converters(1)[0]
+    sampler = RssSampler({"converter": converter.pid, **system.pids("gateway", "storage")}).start()
+    try:
+        for phase, path in (("clip", clip), ("long", long)):
+            sampler.reset()
+            with progress.step(f"streaming · converter converts {path.name}"):
+                body = client.upload(path)
+                job = client.wait_finished(str(body["job_id"]), timeout=3600)
+            if client.state(job) != "succeeded":
+                raise RuntimeError(f"conversion of {path.name} failed: {job}")
+            if phase == "long" and not can_download_video:
+                with progress.step("streaming · download the 60-minute MP3"):
+                    client.download(str(job.get("mp3_id")))
+            results.peaks[phase] = {k: v.bytes for k, v in sampler.peaks().items()}
+        if not sampler.reset_supported:
+            results.notes.append(
+                "Peak RSS could not be reset between phases (/proc/<pid>/clear_refs "
+                "refused): each phase's peak includes the earlier phases."
+            )
+    finally:
+        sampler.stop()
+    return results
+
+
+def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
+    sizes = QUICK if quick else FULL
+    section = Section(
+        key="streaming",
+        title="Streaming memory",
+        baseline="a direct pymongo GridFS upload (`GridFSBucket.upload_from_stream`, 256 KiB chunks) of "
+        "the same file to the same server, for upload throughput; for memory, the same services "
+        "with a small file (\"flat\" = the big file's peak within 10 MiB of the small file's).",
+        columns=[
+            "service",
+            "small file peak RSS",
+            "big file peak RSS",
+            "growth",
+            "converter: short clip",
+            "converter: 60-min video",
+        ],
+    )
+    work = Path(tempfile.mkdtemp(prefix="streaming-", dir=cache))
+    try:
+        with System.started(work, with_converters=False) as system:
+            results = measure(system, sizes, runs, cache, progress)
+    except SystemUnavailable as error:
+        section.not_run = str(error)
+        return section
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for service in ("gateway", "storage"):
+        small, big = results.peaks["small"].get(service, 0), results.peaks["big"].get(service, 0)
+        section.rows.append([service, mib(small), mib(big), mib(big - small), "", ""])
+        section.targets += [
+            Target(
+                f"{service} peak RSS < 100 MiB ({sizes.big / MIB:.0f} MiB file)",
+                mib(big),
+                big < MEMORY_TARGET,
+            ),
+            Target(f"{service} flat (growth < 10 MiB)", mib(big - small), big - small < FLAT_GROWTH),
+        ]
+    clip_peak, long_peak = (
+        results.peaks["clip"].get("converter", 0),
+        results.peaks["long"].get("converter", 0),
+    )
+    section.rows.append(["converter", "", "", mib(long_peak - clip_peak), mib(clip_peak), mib(long_peak)])
+    section.targets += [
+        Target(
+            f"converter peak RSS < 100 MiB ({sizes.long.label})", mib(long_peak), long_peak < MEMORY_TARGET
+        ),
+        Target(
+            "converter flat (growth < 10 MiB)",
+            mib(long_peak - clip_peak),
+            long_peak - clip_peak < FLAT_GROWTH,
+        ),
+    ]
+    size = sizes.big
+    ours, direct = median(results.system_upload), median(results.direct_upload)
+    ratio = direct / ours
+    section.targets.append(
+        Target(
+            f"upload throughput ≥ {THROUGHPUT_TARGET} of direct GridFS",
+            f"{ratio:.2f}",
+            ratio >= THROUGHPUT_TARGET,
+        )
+    )
+    section.notes += [
+        f"Upload of {size / MIB:.0f} MiB: through the gateway {seconds(ours)} "
+        f"({size / MIB / ours:.0f} MiB/s), direct GridFS {seconds(direct)} "
+        f"({size / MIB / direct:.0f} MiB/s): ratio {ratio:.2f} (median of {runs}).",
+        "Every run (s), gateway / direct: "
+        + ", ".join(
+            f"{a:.1f}/{b:.1f}" for a, b in zip(results.system_upload, results.direct_upload, strict=True)
+        ),
+    ]
+    if results.big_download:
+        took = median(results.big_download)
+        section.notes.append(
+            f"Download of {size / MIB:.0f} MiB through the gateway: {seconds(took)} "
+            f"({size / MIB / took:.0f} MiB/s)."
+        )
+    section.notes += results.notes
+    section.notes.append(
+        "Peak RSS = the highest VmHWM of one process of the service (gunicorn: master or a worker), "
+        "polled every 0.2 s and reset between phases through /proc/<pid>/clear_refs."
+    )
+    return section
