@@ -6,6 +6,7 @@ PY := $(ROOT)/.venv/bin/python
 BUF := $(ROOT)/.tools/node_modules/.bin/buf
 export PYTHONPATH := $(ROOT):$(ROOT)/gen
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help
 help: ## show this list
@@ -49,6 +50,11 @@ infra-status: ## show which local servers are up
 .PHONY: test
 test: infra ## run the whole test suite against real servers
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: infra ## measure conversion, streaming memory, end-to-end vs baselines → BENCHMARKS.md (BENCH_ARGS=--quick)
+	@bash benchmarks/install.sh
+	@$(PY) -m benchmarks $(BENCH_ARGS)
 
 .PHONY: up
 up: ## run the whole system on loopback (infrastructure + five services), wait until healthy
