@@ -17,7 +17,7 @@ from benchmarks import media
 from benchmarks.conversion import ffmpeg_command
 from benchmarks.measure import Progress, median, run_child
 from benchmarks.report import Section, Target, seconds
-from benchmarks.system import Client, System, SystemUnavailable
+from benchmarks.system import Client, System, SystemUnavailable, work_dir
 
 BATCH_TARGET = 1.0
 CONVERTERS = 2
@@ -174,15 +174,12 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         "for the clip's latency, the same ffmpeg command converting the clip.",
         columns=["measure", "system", "baseline", "ratio (system/baseline)"],
     )
-    work = Path(tempfile.mkdtemp(prefix="e2e-", dir=cache))
     try:
-        with System.started(work, converters=CONVERTERS) as system:
+        with work_dir(cache, "e2e-") as work, System.started(work, converters=CONVERTERS) as system:
             results = measure(system, plan, runs, cache, work, progress)
     except SystemUnavailable as error:
         section.not_run = str(error)
         return section
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     ours, base = median(results.system_batch), median(results.ffmpeg_batch)
     ratio = ours / base
     media_total = plan.count * plan.video.seconds

@@ -14,8 +14,6 @@ file to the same server (chunk size as storage's), in the same invocation.
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import gridfs
 from benchmarks import media
 from benchmarks.measure import MIB, Progress, RssSampler, median
 from benchmarks.report import Section, Target, mib, seconds
-from benchmarks.system import Client, System, SystemUnavailable
+from benchmarks.system import Client, System, SystemUnavailable, work_dir
 
 GIB = 1024**3
 MEMORY_TARGET = 100 * MIB
@@ -199,15 +197,12 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
             "converter: 60-min video",
         ],
     )
-    work = Path(tempfile.mkdtemp(prefix="streaming-", dir=cache))
     try:
-        with System.started(work, with_converters=False) as system:
+        with work_dir(cache, "streaming-") as work, System.started(work, with_converters=False) as system:
             results = measure(system, sizes, runs, cache, progress)
     except SystemUnavailable as error:
         section.not_run = str(error)
         return section
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     for service in ("gateway", "storage"):
         small, big = results.peaks["small"].get(service, 0), results.peaks["big"].get(service, 0)
         section.rows.append([service, mib(small), mib(big), mib(big - small), "", ""])

@@ -15,8 +15,10 @@ import http.client
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,19 @@ SERVICES = {  # what must exist on this branch for the whole system to run
     "converter": "converter/__main__.py",
     "notifier": "notifier/__main__.py",
 }
+
+
+@contextlib.contextmanager
+def work_dir(cache: Path, prefix: str) -> Iterator[Path]:
+    """A scratch directory for one section (service logs, outputs): removed when the section
+    succeeds, kept (and named on stderr) when it fails, for the services' logs."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=cache))
+    try:
+        yield path
+    except BaseException:
+        print(f"[bench] kept {path} (service logs: {path}/*.log)", file=sys.stderr)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class SystemUnavailable(Exception):
