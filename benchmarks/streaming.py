@@ -63,6 +63,7 @@ class Results:
     system_upload: list[float] = field(default_factory=list)
     direct_upload: list[float] = field(default_factory=list)
     big_download: list[float] = field(default_factory=list)
+    mp3_download: tuple[int, float] | None = None  # bytes, seconds (when videos cannot be downloaded)
     notes: list[str] = field(default_factory=list)
 
 
@@ -168,7 +169,9 @@ def measure(system: System, sizes: Sizes, runs: int, cache: Path, progress: Prog
                 raise RuntimeError(f"conversion of {path.name} failed: {job}")
             if phase == "long" and not can_download_video:
                 with progress.step("streaming · download the 60-minute MP3"):
-                    client.download(str(job.get("mp3_id")))
+                    began = time.perf_counter()
+                    got = client.download(str(job.get("mp3_id")))
+                    results.mp3_download = (got, time.perf_counter() - began)
             results.peaks[phase] = {k: v.bytes for k, v in sampler.peaks().items()}
         if not sampler.reset_supported:
             results.notes.append(
@@ -253,6 +256,13 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         section.notes.append(
             f"Download of {size / MIB:.0f} MiB through the gateway: {seconds(took)} "
             f"({size / MIB / took:.0f} MiB/s)."
+        )
+    if results.mp3_download is not None:
+        got, took = results.mp3_download
+        section.notes.append(
+            f"Download of the 60-minute video's MP3 ({got / MIB:.1f} MiB) through the gateway: "
+            f"{seconds(took)}; gateway/storage peak RSS in that phase: "
+            + ", ".join(f"{k} {mib(v)}" for k, v in results.peaks["long"].items() if k != "converter")
         )
     section.notes += results.notes
     section.notes.append(

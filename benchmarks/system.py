@@ -244,7 +244,7 @@ class System:
 
 class ApiError(Exception):
     def __init__(self, what: str, status: int, body: str) -> None:
-        super().__init__(f"{what}: HTTP {status}: {body[:500]}")
+        super().__init__(f"{what}: HTTP {status}: {' '.join(body.split())[:500]}")
         self.status = status
 
 
