@@ -8,8 +8,8 @@ Order of work (so that a crash at any point is repaired by redelivery):
    message was redelivered (or came back from the delay queue) → a worker died or gave up
    mid-job: take it over; converting otherwise → a duplicate message: ack.
 2. Spool the video from storage to a private temporary file (removed in ``finally``).
-3. Transcode and stream the MP3 into ``StorageService.Upload`` as it is produced. A failure
-   mid-way cancels the upload, and storage keeps nothing of a cancelled upload.
+3. Transcode and stream the MP3 into ``StorageService.Upload`` as it is produced, then the
+   finish message. A failure mid-way ends the stream without finish: storage keeps nothing.
 4. ``TransitionJob`` converting → succeeded with the MP3 id. If another worker won, the
    MP3 just written is deleted.
 5. Publish ConversionSucceeded with publisher confirms; the consumer acks afterwards.
@@ -22,6 +22,8 @@ job is marked failed before the message is parked in the dead-letter queue.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -253,6 +255,9 @@ class Converter:
             if _code(error) == grpc.StatusCode.NOT_FOUND:
                 log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
                 return Outcome.ACK
+            if _code(error) == grpc.StatusCode.INVALID_ARGUMENT:
+                log.error("storage rejects the job id; parked", extra={**extra, "error": _details(error)})
+                return Outcome.DEAD
             raise
         if job is not None:
             return None
@@ -274,6 +279,11 @@ class Converter:
         if current.state == CONVERTING:
             if delivery.redelivered or delivery.attempt > 1:
                 log.info("taking over a job left converting", extra=extra)
+                return None
+            age = time.time() - current.updated_at.ToSeconds() if current.HasField("updated_at") else 0.0
+            if age > self.settings.takeover_after_seconds:
+                # Converting for longer than any conversion takes: its worker is gone.
+                log.warning("taking over a stale converting job", extra={**extra, "age_s": round(age)})
                 return None
             log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
             return Outcome.ACK
@@ -466,20 +476,23 @@ class Converter:
 
         def requests() -> Iterator[storage_pb2.UploadRequest]:
             yield storage_pb2.UploadRequest(header=header)
+            digest, size = hashlib.sha256(), 0
             try:
-                yield storage_pb2.UploadRequest(chunk=first)
-                for chunk in chunks:
+                for chunk in itertools.chain([first], chunks):
                     if self.abort.is_set():
                         raise Cancelled("worker stopping")
+                    digest.update(chunk)
+                    size += len(chunk)
                     yield storage_pb2.UploadRequest(chunk=chunk)
             except Exception as error:  # noqa: BLE001 - re-raised below once the call has ended
-                # Abort in-band: a second header breaks the Upload contract ("a header first,
-                # then chunks"), so storage rejects the call and removes what it received.
-                # Cancelling the call instead is not enough: gRPC Python servers may see a
-                # client-side cancel as a clean end of stream (grpc/grpc#33038) and keep a
-                # partial file. The stream then ends normally, after the poison message.
+                # End the stream without the finish message: storage stores nothing of an
+                # upload that ends so. (Cancelling the call is not enough: a gRPC Python
+                # server may see a client's cancellation as a clean end of stream,
+                # grpc/grpc#33038; that is why the contract has a finish message.)
                 failure.append(error)
-                yield storage_pb2.UploadRequest(header=header)
+                return
+            finish = storage_pb2.UploadFinish(size=size, sha256=digest.hexdigest())
+            yield storage_pb2.UploadRequest(finish=finish)
 
         try:
             response = self.storage.Upload(requests(), timeout=self.settings.stream_timeout_seconds)

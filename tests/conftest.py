@@ -2,6 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
+# Fixture modules import each other; rewrite their asserts whichever is imported first.
+pytest.register_assert_rewrite("tests.fixtures", "tests.support", "tests.media")
+
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"
     for path in (Path(__file__).parent / "fixtures").glob("*.py")

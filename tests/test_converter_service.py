@@ -20,7 +20,7 @@ from converter.worker import GAVE_UP_REASON
 from tests.fixtures.converter import ConverterRunner, FakeStorageServer, MediaCache
 from tests.fixtures.infra import Infra
 from tests.media import MediaSpec, random_file
-from tests.support import wait_for
+from tests.support import ServiceProcess, python_module, wait_for
 
 
 @pytest.fixture
@@ -130,3 +130,12 @@ def test_health_endpoint(runner: ConverterRunner) -> None:
     assert wait_for(lambda: status("/readyz") == 200, 20, what="ready")
     assert status("/healthz") == 200
     worker.stop()
+
+
+def test_missing_setting_stops_the_process_with_a_clear_message(infra: Infra, tmp_path: Path) -> None:
+    env = infra.service_env(STORAGE_SVC_ADDRESS="")  # empty counts as missing
+    process = ServiceProcess("converter-misconfigured", python_module("converter"), env, tmp_path)
+    process.start()
+    assert process.proc is not None
+    assert process.proc.wait(30) == 2
+    assert "STORAGE_SVC_ADDRESS" in process.logs()

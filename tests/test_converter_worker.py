@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,6 +151,21 @@ def test_job_left_converting_is_taken_over(
     assert env.converter(delivery(job, redelivered=redelivered, attempt=attempt)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert len(env.storage.storage.mp3s(job.id)) == 1
+
+
+def test_stale_converting_job_is_taken_over_by_a_fresh_message(env: Env, media_cache: MediaCache) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
+    stored = env.job(job.id)
+    stored.state = jobs_pb2.JOB_STATE_CONVERTING
+    stored.updated_at.FromSeconds(int(time.time()) - 7200)
+    assert env.converter(delivery(job)) is Outcome.ACK
+    assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_malformed_job_id_is_parked(env: Env, media_cache: MediaCache) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
+    env.storage.storage.faults["TransitionJob"] = grpc.StatusCode.INVALID_ARGUMENT
+    assert env.converter(delivery(job)) is Outcome.DEAD
 
 
 def test_unknown_job_is_dropped(env: Env, media_cache: MediaCache) -> None:

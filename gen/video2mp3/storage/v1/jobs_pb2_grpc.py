@@ -77,7 +77,8 @@ class JobServiceServicer:
     """
 
     def CreateJob(self, request, context):
-        """CreateJob records a new job in state QUEUED.
+        """CreateJob records a new job in state QUEUED. NOT_FOUND unless video_id names a stored
+        video of owner_id. The filename defaults to the video's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,8 +99,19 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TransitionJob(self, request, context):
-        """TransitionJob changes the state only if the job is in expected_state.
-        FAILED_PRECONDITION when it is not (another worker won, or it is finished).
+        """TransitionJob changes the state only if the job is in expected_state (one conditional
+        update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
+        (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
+        expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
+        updated_at: a sweeper claims a stale job that way before publishing it again.
+        SUCCEEDED needs mp3_id: an MP3 of the job's owner uploaded for this job (or with no
+        job_id), else FAILED_PRECONDITION.
+        At most one MP3 per job: storage enforces it. Whenever a job is found finished (the
+        winning call, and every losing call), every MP3 uploaded with its job_id other than
+        the job's mp3_id is deleted; so a converter that loses the race needs to do nothing
+        about its MP3, and the MP3 of a converter that died before recording it disappears
+        when the job finishes. A retry of the winning call gets FAILED_PRECONDITION and keeps
+        its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +125,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """DeleteJob removes a job record (used when an upload is rolled back).
+        """DeleteJob removes a job record (used when an upload is rolled back). The video is not
+        touched: delete it with StorageService.Delete.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

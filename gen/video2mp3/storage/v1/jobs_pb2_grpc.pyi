@@ -34,19 +34,34 @@ class JobServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     CreateJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobRequest, _jobs_pb2.CreateJobResponse]
-    """CreateJob records a new job in state QUEUED."""
+    """CreateJob records a new job in state QUEUED. NOT_FOUND unless video_id names a stored
+    video of owner_id. The filename defaults to the video's.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """GetJob returns one job. NOT_FOUND when missing or not the owner's."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     """ListJobs returns one owner's jobs, newest first."""
     TransitionJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.TransitionJobRequest, _jobs_pb2.TransitionJobResponse]
-    """TransitionJob changes the state only if the job is in expected_state.
-    FAILED_PRECONDITION when it is not (another worker won, or it is finished).
+    """TransitionJob changes the state only if the job is in expected_state (one conditional
+    update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
+    (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
+    expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
+    updated_at: a sweeper claims a stale job that way before publishing it again.
+    SUCCEEDED needs mp3_id: an MP3 of the job's owner uploaded for this job (or with no
+    job_id), else FAILED_PRECONDITION.
+    At most one MP3 per job: storage enforces it. Whenever a job is found finished (the
+    winning call, and every losing call), every MP3 uploaded with its job_id other than
+    the job's mp3_id is deleted; so a converter that loses the race needs to do nothing
+    about its MP3, and the MP3 of a converter that died before recording it disappears
+    when the job finishes. A retry of the winning call gets FAILED_PRECONDITION and keeps
+    its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
     """
     MarkNotified: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.MarkNotifiedRequest, _jobs_pb2.MarkNotifiedResponse]
     """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set."""
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]
-    """DeleteJob removes a job record (used when an upload is rolled back)."""
+    """DeleteJob removes a job record (used when an upload is rolled back). The video is not
+    touched: delete it with StorageService.Delete.
+    """
     ListStaleJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
 
@@ -56,19 +71,34 @@ class JobServiceAsyncStub(JobServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CreateJobRequest, _jobs_pb2.CreateJobResponse]  # type: ignore[assignment]
-    """CreateJob records a new job in state QUEUED."""
+    """CreateJob records a new job in state QUEUED. NOT_FOUND unless video_id names a stored
+    video of owner_id. The filename defaults to the video's.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """GetJob returns one job. NOT_FOUND when missing or not the owner's."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     """ListJobs returns one owner's jobs, newest first."""
     TransitionJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.TransitionJobRequest, _jobs_pb2.TransitionJobResponse]  # type: ignore[assignment]
-    """TransitionJob changes the state only if the job is in expected_state.
-    FAILED_PRECONDITION when it is not (another worker won, or it is finished).
+    """TransitionJob changes the state only if the job is in expected_state (one conditional
+    update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
+    (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
+    expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
+    updated_at: a sweeper claims a stale job that way before publishing it again.
+    SUCCEEDED needs mp3_id: an MP3 of the job's owner uploaded for this job (or with no
+    job_id), else FAILED_PRECONDITION.
+    At most one MP3 per job: storage enforces it. Whenever a job is found finished (the
+    winning call, and every losing call), every MP3 uploaded with its job_id other than
+    the job's mp3_id is deleted; so a converter that loses the race needs to do nothing
+    about its MP3, and the MP3 of a converter that died before recording it disappears
+    when the job finishes. A retry of the winning call gets FAILED_PRECONDITION and keeps
+    its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
     """
     MarkNotified: _aio.UnaryUnaryMultiCallable[_jobs_pb2.MarkNotifiedRequest, _jobs_pb2.MarkNotifiedResponse]  # type: ignore[assignment]
     """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set."""
     DeleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]  # type: ignore[assignment]
-    """DeleteJob removes a job record (used when an upload is rolled back)."""
+    """DeleteJob removes a job record (used when an upload is rolled back). The video is not
+    touched: delete it with StorageService.Delete.
+    """
     ListStaleJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]  # type: ignore[assignment]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
 
@@ -81,7 +111,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.CreateJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.CreateJobResponse, _abc.Awaitable[_jobs_pb2.CreateJobResponse]]:
-        """CreateJob records a new job in state QUEUED."""
+        """CreateJob records a new job in state QUEUED. NOT_FOUND unless video_id names a stored
+        video of owner_id. The filename defaults to the video's.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(
@@ -105,8 +137,19 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.TransitionJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.TransitionJobResponse, _abc.Awaitable[_jobs_pb2.TransitionJobResponse]]:
-        """TransitionJob changes the state only if the job is in expected_state.
-        FAILED_PRECONDITION when it is not (another worker won, or it is finished).
+        """TransitionJob changes the state only if the job is in expected_state (one conditional
+        update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
+        (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
+        expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
+        updated_at: a sweeper claims a stale job that way before publishing it again.
+        SUCCEEDED needs mp3_id: an MP3 of the job's owner uploaded for this job (or with no
+        job_id), else FAILED_PRECONDITION.
+        At most one MP3 per job: storage enforces it. Whenever a job is found finished (the
+        winning call, and every losing call), every MP3 uploaded with its job_id other than
+        the job's mp3_id is deleted; so a converter that loses the race needs to do nothing
+        about its MP3, and the MP3 of a converter that died before recording it disappears
+        when the job finishes. A retry of the winning call gets FAILED_PRECONDITION and keeps
+        its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
         """
 
     @_abc_1.abstractmethod
@@ -123,7 +166,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.DeleteJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.DeleteJobResponse, _abc.Awaitable[_jobs_pb2.DeleteJobResponse]]:
-        """DeleteJob removes a job record (used when an upload is rolled back)."""
+        """DeleteJob removes a job record (used when an upload is rolled back). The video is not
+        touched: delete it with StorageService.Delete.
+        """
 
     @_abc_1.abstractmethod
     def ListStaleJobs(

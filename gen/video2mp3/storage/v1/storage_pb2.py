@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"video2mp3/storage/v1/storage.proto\x12\x14video2mp3.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x08\x46ileInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x06\x62ucket\x18\x02 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x0cUploadHeader\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x10\n\x08owner_id\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\"a\n\rUploadRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".video2mp3.storage.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\">\n\x0eUploadResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfo\"\x82\x01\n\x0f\x44ownloadRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"^\n\x10\x44ownloadResponse\x12.\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"^\n\x0bStatRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"<\n\x0cStatResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfo\"`\n\rDeleteRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"\x10\n\x0e\x44\x65leteResponse*D\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x11\n\rBUCKET_VIDEOS\x10\x01\x12\x0f\n\x0b\x42UCKET_MP3S\x10\x02\x32\xe8\x02\n\x0eStorageService\x12U\n\x06Upload\x12#.video2mp3.storage.v1.UploadRequest\x1a$.video2mp3.storage.v1.UploadResponse(\x01\x12[\n\x08\x44ownload\x12%.video2mp3.storage.v1.DownloadRequest\x1a&.video2mp3.storage.v1.DownloadResponse0\x01\x12M\n\x04Stat\x12!.video2mp3.storage.v1.StatRequest\x1a\".video2mp3.storage.v1.StatResponse\x12S\n\x06\x44\x65lete\x12#.video2mp3.storage.v1.DeleteRequest\x1a$.video2mp3.storage.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"video2mp3/storage/v1/storage.proto\x12\x14video2mp3.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x08\x46ileInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x06\x62ucket\x18\x02 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x0cUploadHeader\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x10\n\x08owner_id\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\",\n\x0cUploadFinish\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x97\x01\n\rUploadRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".video2mp3.storage.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x34\n\x06\x66inish\x18\x03 \x01(\x0b\x32\".video2mp3.storage.v1.UploadFinishH\x00\x42\t\n\x07payload\">\n\x0eUploadResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfo\"\x82\x01\n\x0f\x44ownloadRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06length\x18\x05 \x01(\x03\"^\n\x10\x44ownloadResponse\x12.\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"^\n\x0bStatRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"<\n\x0cStatResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x1e.video2mp3.storage.v1.FileInfo\"`\n\rDeleteRequest\x12,\n\x06\x62ucket\x18\x01 \x01(\x0e\x32\x1c.video2mp3.storage.v1.Bucket\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"\x10\n\x0e\x44\x65leteResponse*D\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x11\n\rBUCKET_VIDEOS\x10\x01\x12\x0f\n\x0b\x42UCKET_MP3S\x10\x02\x32\xe8\x02\n\x0eStorageService\x12U\n\x06Upload\x12#.video2mp3.storage.v1.UploadRequest\x1a$.video2mp3.storage.v1.UploadResponse(\x01\x12[\n\x08\x44ownload\x12%.video2mp3.storage.v1.DownloadRequest\x1a&.video2mp3.storage.v1.DownloadResponse0\x01\x12M\n\x04Stat\x12!.video2mp3.storage.v1.StatRequest\x1a\".video2mp3.storage.v1.StatResponse\x12S\n\x06\x44\x65lete\x12#.video2mp3.storage.v1.DeleteRequest\x1a$.video2mp3.storage.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'video2mp3.storage.v1.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BUCKET']._serialized_start=1103
-  _globals['_BUCKET']._serialized_end=1171
+  _globals['_BUCKET']._serialized_start=1204
+  _globals['_BUCKET']._serialized_end=1272
   _globals['_FILEINFO']._serialized_start=94
   _globals['_FILEINFO']._serialized_end=298
   _globals['_UPLOADHEADER']._serialized_start=301
   _globals['_UPLOADHEADER']._serialized_end=435
-  _globals['_UPLOADREQUEST']._serialized_start=437
-  _globals['_UPLOADREQUEST']._serialized_end=534
-  _globals['_UPLOADRESPONSE']._serialized_start=536
-  _globals['_UPLOADRESPONSE']._serialized_end=598
-  _globals['_DOWNLOADREQUEST']._serialized_start=601
-  _globals['_DOWNLOADREQUEST']._serialized_end=731
-  _globals['_DOWNLOADRESPONSE']._serialized_start=733
-  _globals['_DOWNLOADRESPONSE']._serialized_end=827
-  _globals['_STATREQUEST']._serialized_start=829
-  _globals['_STATREQUEST']._serialized_end=923
-  _globals['_STATRESPONSE']._serialized_start=925
-  _globals['_STATRESPONSE']._serialized_end=985
-  _globals['_DELETEREQUEST']._serialized_start=987
-  _globals['_DELETEREQUEST']._serialized_end=1083
-  _globals['_DELETERESPONSE']._serialized_start=1085
-  _globals['_DELETERESPONSE']._serialized_end=1101
-  _globals['_STORAGESERVICE']._serialized_start=1174
-  _globals['_STORAGESERVICE']._serialized_end=1534
+  _globals['_UPLOADFINISH']._serialized_start=437
+  _globals['_UPLOADFINISH']._serialized_end=481
+  _globals['_UPLOADREQUEST']._serialized_start=484
+  _globals['_UPLOADREQUEST']._serialized_end=635
+  _globals['_UPLOADRESPONSE']._serialized_start=637
+  _globals['_UPLOADRESPONSE']._serialized_end=699
+  _globals['_DOWNLOADREQUEST']._serialized_start=702
+  _globals['_DOWNLOADREQUEST']._serialized_end=832
+  _globals['_DOWNLOADRESPONSE']._serialized_start=834
+  _globals['_DOWNLOADRESPONSE']._serialized_end=928
+  _globals['_STATREQUEST']._serialized_start=930
+  _globals['_STATREQUEST']._serialized_end=1024
+  _globals['_STATRESPONSE']._serialized_start=1026
+  _globals['_STATRESPONSE']._serialized_end=1086
+  _globals['_DELETEREQUEST']._serialized_start=1088
+  _globals['_DELETEREQUEST']._serialized_end=1184
+  _globals['_DELETERESPONSE']._serialized_start=1186
+  _globals['_DELETERESPONSE']._serialized_end=1202
+  _globals['_STORAGESERVICE']._serialized_start=1275
+  _globals['_STORAGESERVICE']._serialized_end=1635
 # @@protoc_insertion_point(module_scope)

@@ -62,15 +62,24 @@ class StorageServiceServicer:
     """
 
     def Upload(self, request_iterator, context):
-        """Upload takes a header first, then chunks. RESOURCE_EXHAUSTED over the size limit;
-        a cancelled or failed upload leaves no data behind.
+        """Upload takes a header first, then chunks, then a finish message; the file is stored only
+        once finish arrived and matches what was received (INVALID_ARGUMENT otherwise: a stream
+        that ends without finish is an interrupted upload, since a client's cancellation can
+        reach the server as a plain end of stream). RESOURCE_EXHAUSTED over the size limit;
+        a cancelled or failed upload leaves no data behind. INVALID_ARGUMENT for an empty file.
+        With header.job_id (an MP3 written by a converter): NOT_FOUND unless the job exists and
+        belongs to owner_id; FAILED_PRECONDITION when the job is already finished (checked
+        again once the file is stored: a file committed after its job finished is removed).
+        At most one MP3 per job: see TransitionJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Download streams a file, optionally a byte range. NOT_FOUND when missing or not the owner's.
+        """Download streams a file, optionally a byte range: the FileInfo first, then chunks of at
+        most the server's chunk size (256 KiB by default). NOT_FOUND when missing or not the
+        owner's, INVALID_ARGUMENT for a malformed id, OUT_OF_RANGE when offset > size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

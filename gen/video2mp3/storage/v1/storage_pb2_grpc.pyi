@@ -34,11 +34,21 @@ class StorageServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> StorageServiceAsyncStub: ...
     Upload: _grpc.StreamUnaryMultiCallable[_storage_pb2.UploadRequest, _storage_pb2.UploadResponse]
-    """Upload takes a header first, then chunks. RESOURCE_EXHAUSTED over the size limit;
-    a cancelled or failed upload leaves no data behind.
+    """Upload takes a header first, then chunks, then a finish message; the file is stored only
+    once finish arrived and matches what was received (INVALID_ARGUMENT otherwise: a stream
+    that ends without finish is an interrupted upload, since a client's cancellation can
+    reach the server as a plain end of stream). RESOURCE_EXHAUSTED over the size limit;
+    a cancelled or failed upload leaves no data behind. INVALID_ARGUMENT for an empty file.
+    With header.job_id (an MP3 written by a converter): NOT_FOUND unless the job exists and
+    belongs to owner_id; FAILED_PRECONDITION when the job is already finished (checked
+    again once the file is stored: a file committed after its job finished is removed).
+    At most one MP3 per job: see TransitionJob.
     """
     Download: _grpc.UnaryStreamMultiCallable[_storage_pb2.DownloadRequest, _storage_pb2.DownloadResponse]
-    """Download streams a file, optionally a byte range. NOT_FOUND when missing or not the owner's."""
+    """Download streams a file, optionally a byte range: the FileInfo first, then chunks of at
+    most the server's chunk size (256 KiB by default). NOT_FOUND when missing or not the
+    owner's, INVALID_ARGUMENT for a malformed id, OUT_OF_RANGE when offset > size.
+    """
     Stat: _grpc.UnaryUnaryMultiCallable[_storage_pb2.StatRequest, _storage_pb2.StatResponse]
     """Stat describes a file. NOT_FOUND when missing or not the owner's."""
     Delete: _grpc.UnaryUnaryMultiCallable[_storage_pb2.DeleteRequest, _storage_pb2.DeleteResponse]
@@ -50,11 +60,21 @@ class StorageServiceAsyncStub(StorageServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Upload: _aio.StreamUnaryMultiCallable[_storage_pb2.UploadRequest, _storage_pb2.UploadResponse]  # type: ignore[assignment]
-    """Upload takes a header first, then chunks. RESOURCE_EXHAUSTED over the size limit;
-    a cancelled or failed upload leaves no data behind.
+    """Upload takes a header first, then chunks, then a finish message; the file is stored only
+    once finish arrived and matches what was received (INVALID_ARGUMENT otherwise: a stream
+    that ends without finish is an interrupted upload, since a client's cancellation can
+    reach the server as a plain end of stream). RESOURCE_EXHAUSTED over the size limit;
+    a cancelled or failed upload leaves no data behind. INVALID_ARGUMENT for an empty file.
+    With header.job_id (an MP3 written by a converter): NOT_FOUND unless the job exists and
+    belongs to owner_id; FAILED_PRECONDITION when the job is already finished (checked
+    again once the file is stored: a file committed after its job finished is removed).
+    At most one MP3 per job: see TransitionJob.
     """
     Download: _aio.UnaryStreamMultiCallable[_storage_pb2.DownloadRequest, _storage_pb2.DownloadResponse]  # type: ignore[assignment]
-    """Download streams a file, optionally a byte range. NOT_FOUND when missing or not the owner's."""
+    """Download streams a file, optionally a byte range: the FileInfo first, then chunks of at
+    most the server's chunk size (256 KiB by default). NOT_FOUND when missing or not the
+    owner's, INVALID_ARGUMENT for a malformed id, OUT_OF_RANGE when offset > size.
+    """
     Stat: _aio.UnaryUnaryMultiCallable[_storage_pb2.StatRequest, _storage_pb2.StatResponse]  # type: ignore[assignment]
     """Stat describes a file. NOT_FOUND when missing or not the owner's."""
     Delete: _aio.UnaryUnaryMultiCallable[_storage_pb2.DeleteRequest, _storage_pb2.DeleteResponse]  # type: ignore[assignment]
@@ -69,8 +89,15 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_storage_pb2.UploadRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.UploadResponse, _abc.Awaitable[_storage_pb2.UploadResponse]]:
-        """Upload takes a header first, then chunks. RESOURCE_EXHAUSTED over the size limit;
-        a cancelled or failed upload leaves no data behind.
+        """Upload takes a header first, then chunks, then a finish message; the file is stored only
+        once finish arrived and matches what was received (INVALID_ARGUMENT otherwise: a stream
+        that ends without finish is an interrupted upload, since a client's cancellation can
+        reach the server as a plain end of stream). RESOURCE_EXHAUSTED over the size limit;
+        a cancelled or failed upload leaves no data behind. INVALID_ARGUMENT for an empty file.
+        With header.job_id (an MP3 written by a converter): NOT_FOUND unless the job exists and
+        belongs to owner_id; FAILED_PRECONDITION when the job is already finished (checked
+        again once the file is stored: a file committed after its job finished is removed).
+        At most one MP3 per job: see TransitionJob.
         """
 
     @_abc_1.abstractmethod
@@ -79,7 +106,10 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.DownloadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_storage_pb2.DownloadResponse], _abc.AsyncIterator[_storage_pb2.DownloadResponse]]:
-        """Download streams a file, optionally a byte range. NOT_FOUND when missing or not the owner's."""
+        """Download streams a file, optionally a byte range: the FileInfo first, then chunks of at
+        most the server's chunk size (256 KiB by default). NOT_FOUND when missing or not the
+        owner's, INVALID_ARGUMENT for a malformed id, OUT_OF_RANGE when offset > size.
+        """
 
     @_abc_1.abstractmethod
     def Stat(

@@ -1,0 +1,141 @@
+"""Email and password rules, and argon2id hashing.
+
+Passwords follow NIST SP 800-63B: at least 8 characters, long passphrases welcome (bounded
+so hashing stays cheap to refuse), no composition rules, a small list of the most common
+passwords refused. Unicode is normalised (NFKC) before hashing so the same passphrase typed
+on different keyboards matches.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from auth.settings import Settings
+
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+MAX_EMAIL_CHARS = 254
+MAX_LOCAL_PART_CHARS = 64
+
+# A few of the most common passwords of at least 8 characters (SP 800-63B §5.1.1.2 asks
+# for a blocklist; this is the short, conservative end of one).
+COMMON_PASSWORDS = frozenset(
+    {
+        "password",
+        "password1",
+        "password123",
+        "12345678",
+        "123456789",
+        "1234567890",
+        "qwertyuiop",
+        "qwerty123",
+        "11111111",
+        "00000000",
+        "iloveyou",
+        "sunshine",
+        "princess",
+        "football",
+        "baseball",
+        "letmein1",
+        "welcome1",
+        "abcd1234",
+        "1q2w3e4r",
+        "qwer1234",
+        "passw0rd",
+        "trustno1",
+        "superman",
+        "starwars",
+    }
+)
+
+# local@domain: no spaces, no control characters, one "@", a dotted domain of labels.
+# Unicode letters are allowed in both parts (RFC 6531 addresses).
+_LOCAL = re.compile(r"^[^\s@\"(),:;<>\[\]\\]+$")
+_LABEL = re.compile(r"^(?!-)[^\s@\"(),:;<>\[\]\\./_]+(?<!-)$")
+
+
+class CredentialError(ValueError):
+    """Input that breaks the rules; the message is safe to show to the user."""
+
+
+def normalize_email(raw: str) -> str:
+    return unicodedata.normalize("NFC", raw.strip())
+
+
+def email_key(email: str) -> str:
+    """What uniqueness and look-ups compare: the address in lower case."""
+    return email.lower()
+
+
+def validate_email(raw: str) -> str:
+    email = normalize_email(raw)
+    if not email:
+        raise CredentialError("email is required")
+    if len(email) > MAX_EMAIL_CHARS:
+        raise CredentialError(f"email must be at most {MAX_EMAIL_CHARS} characters")
+    if any(unicodedata.category(c).startswith("C") for c in email):
+        raise CredentialError("email contains control characters")
+    local, sep, domain = email.rpartition("@")
+    if not sep or not local or not domain:
+        raise CredentialError("email is not a valid address")
+    if len(local) > MAX_LOCAL_PART_CHARS or not _LOCAL.match(local):
+        raise CredentialError("email is not a valid address")
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise CredentialError("email is not a valid address")
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(label and len(label) <= 63 and _LABEL.match(label) for label in labels):
+        raise CredentialError("email is not a valid address")
+    return email
+
+
+def normalize_password(raw: str) -> str:
+    return unicodedata.normalize("NFKC", raw)
+
+
+def validate_new_password(raw: str, email: str) -> str:
+    password = normalize_password(raw)
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise CredentialError(f"password must be at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise CredentialError(f"password must be at most {MAX_PASSWORD_CHARS} characters")
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS or lowered == email.lower() or lowered == email.lower().split("@")[0]:
+        raise CredentialError("password is too common or too easy to guess; choose another")
+    return password
+
+
+def make_hasher(settings: Settings) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+        hash_len=32,
+        salt_len=16,
+        type=Type.ID,
+    )
+
+
+class Passwords:
+    def __init__(self, settings: Settings) -> None:
+        self.hasher = make_hasher(settings)
+        # Verified against for unknown emails, so both failures cost the same time.
+        self._dummy_hash = self.hasher.hash("not a real password: equalises timing")
+
+    def hash(self, password: str) -> str:
+        return self.hasher.hash(password)
+
+    def verify(self, stored_hash: str | None, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored_hash or self._dummy_hash, password) and stored_hash is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        try:
+            return self.hasher.check_needs_rehash(stored_hash)
+        except (InvalidHashError, ValueError):
+            return True

@@ -1,0 +1,1 @@
+"""Notifier: emails the owner of each finished conversion job (see notifier.worker)."""

@@ -1,0 +1,130 @@
+"""The MongoDB side of the storage service: one client per process, buckets, indexes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import grpc
+import pymongo
+import pymongo.errors
+from bson import ObjectId
+from bson.errors import InvalidId
+from google.protobuf.timestamp_pb2 import Timestamp
+from gridfs import GridFSBucket
+from pymongo.database import Database
+from video2mp3.storage.v1 import storage_pb2
+
+from storage.settings import Settings
+
+log = logging.getLogger("storage.mongo")
+
+
+class Mongo:
+    """Holds the client, the two GridFS buckets and the jobs collection. Thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: pymongo.MongoClient = pymongo.MongoClient(
+            settings.mongo_uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+            connectTimeoutMS=settings.mongo_timeout_ms,
+            appname="video2mp3-storage",
+        )
+        self.db: Database = self.client[settings.mongo_db]
+        self.buckets: dict[int, GridFSBucket] = {
+            storage_pb2.BUCKET_VIDEOS: GridFSBucket(
+                self.db, settings.video_bucket, chunk_size_bytes=settings.chunk_bytes
+            ),
+            storage_pb2.BUCKET_MP3S: GridFSBucket(
+                self.db, settings.mp3_bucket, chunk_size_bytes=settings.chunk_bytes
+            ),
+        }
+        self.bucket_names: dict[int, str] = {
+            storage_pb2.BUCKET_VIDEOS: settings.video_bucket,
+            storage_pb2.BUCKET_MP3S: settings.mp3_bucket,
+        }
+        self.jobs = self.db[settings.jobs_collection]
+        self._indexes_ready = False
+        self._indexes_lock = threading.Lock()
+
+    def files(self, bucket: int) -> pymongo.collection.Collection:
+        return self.db[f"{self.bucket_names[bucket]}.files"]
+
+    def chunks(self, bucket: int) -> pymongo.collection.Collection:
+        return self.db[f"{self.bucket_names[bucket]}.chunks"]
+
+    def ensure_indexes(self) -> bool:
+        """Create the indexes once; when MongoDB is down, try again on the next call."""
+        if self._indexes_ready:
+            return True
+        with self._indexes_lock:
+            if self._indexes_ready:
+                return True
+            try:
+                self.jobs.create_index([("owner_id", 1), ("created_at", -1)], name="owner_created")
+                self.jobs.create_index([("state", 1), ("updated_at", 1)], name="state_updated")
+                self.jobs.create_index([("video_id", 1)], name="video")
+                for bucket in self.buckets:
+                    files, chunks = self.files(bucket), self.chunks(bucket)
+                    chunks.create_index([("files_id", 1), ("n", 1)], unique=True, name="files_id_1_n_1")
+                    files.create_index([("filename", 1), ("uploadDate", 1)], name="filename_1_uploadDate_1")
+                    files.create_index([("metadata.owner_id", 1)], name="owner")
+                    files.create_index([("metadata.job_id", 1)], name="job")
+            except pymongo.errors.PyMongoError as error:
+                log.warning("could not create indexes yet", extra={"error": repr(error)})
+                return False
+            self._indexes_ready = True
+            return True
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def now() -> datetime:
+    """Current UTC time at the millisecond precision BSON keeps."""
+    current = datetime.now(UTC)
+    return current.replace(microsecond=current.microsecond // 1000 * 1000)
+
+
+def timestamp(value: datetime | None) -> Timestamp:
+    result = Timestamp()
+    if value is not None:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        result.FromDatetime(value)
+    return result
+
+
+def parse_id(value: str, what: str, context: grpc.ServicerContext) -> ObjectId:
+    """An ObjectId from its 24-character hex form; INVALID_ARGUMENT otherwise."""
+    if not value:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required")
+    try:
+        if len(value) != 24:
+            raise InvalidId(value)
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is malformed")
+        raise  # unreachable: abort raises
+
+
+@contextlib.contextmanager
+def unavailable_on_mongo_error(context: grpc.ServicerContext) -> Iterator[None]:
+    """MongoDB errors leave as UNAVAILABLE (a transient outage), never as INTERNAL."""
+    try:
+        yield
+    except (pymongo.errors.ConnectionFailure, pymongo.errors.ExecutionTimeout) as error:
+        log.warning("MongoDB unavailable", extra={"error": repr(error)})
+        context.abort(grpc.StatusCode.UNAVAILABLE, "storage database unavailable")

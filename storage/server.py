@@ -1,0 +1,34 @@
+"""Builds the storage gRPC server: StorageService and JobService over one MongoDB client."""
+
+from __future__ import annotations
+
+from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
+
+from common.grpc_server import GrpcServer
+from common.grpc_server import create_server as create_grpc_server
+from storage.files import StorageServicer
+from storage.jobs import JobServicer
+from storage.mongo import Mongo
+from storage.settings import Settings
+
+STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+def create_server(settings: Settings, port: int | None = None) -> GrpcServer:
+    """Build (not start) the server; ``port=0`` picks a free port (tests)."""
+    mongo = Mongo(settings)
+    mongo.ensure_indexes()  # when MongoDB is not up yet, retried on first use
+    storage = StorageServicer(mongo)
+    jobs = JobServicer(mongo)
+    srv = create_grpc_server(
+        [
+            (STORAGE_SERVICE, lambda s: storage_pb2_grpc.add_StorageServiceServicer_to_server(storage, s)),
+            (JOB_SERVICE, lambda s: jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, s)),
+        ],
+        port=settings.port if port is None else port,
+        host=settings.bind_host,
+        max_workers=settings.grpc_workers,
+    )
+    srv.on_stop.append(mongo.close)
+    return srv
