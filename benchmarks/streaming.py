@@ -2,8 +2,8 @@
 
 Phases, each on the same running services with their peak RSS (VmHWM) reset in between:
 
-  small  — a small video uploaded and downloaded through gateway → storage
-  big    — a 1 GiB video, the same way (``runs`` times, interleaved with the baseline)
+  small  — a small video uploaded and a file as big downloaded through gateway → storage
+  big    — the same with a 1 GiB video (``runs`` times, uploads interleaved with the baseline)
   clip   — the converter converts a short clip (fresh converter process)
   long   — the converter converts a 60-minute video
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,9 @@ MEMORY_TARGET = 100 * MIB
 FLAT_GROWTH = 10 * MIB  # "flat": the big file's peak within this of the small file's
 THROUGHPUT_TARGET = 0.7
 STORAGE_CHUNK = 256 * 1024  # storage's STORAGE_CHUNK_BYTES default, used for the baseline too
+# The gateway's sweeper re-publishes jobs left queued; the streaming uploads are left queued
+# on purpose (never converted), so it is off here.
+NO_SWEEPER = {"SWEEP_INTERVAL_SECONDS": "0"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class Results:
     system_upload: list[float] = field(default_factory=list)
     direct_upload: list[float] = field(default_factory=list)
     big_download: list[float] = field(default_factory=list)
-    mp3_download: tuple[int, float] | None = None  # bytes, seconds (when videos cannot be downloaded)
+    big_size: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -90,19 +94,39 @@ def _timed_upload(client: Client, path: Path) -> tuple[float, dict[str, object]]
     return time.perf_counter() - began, body
 
 
-def _download_video(client: Client, video_id: str, results: Results, size: int) -> float | None:
+def seed_download(system: System, owner_id: str, path: Path) -> str:
+    """Store ``path`` in the MP3 bucket for ``owner_id`` through storage's own gRPC API (as a
+    converter stores an MP3), so GET /download can stream a file as big as the upload: the
+    API downloads MP3s only, and no real MP3 comes near 1 GiB."""
+    from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
+
+    from common.grpc_client import insecure_channel
+    from storage.client import upload_requests
+
+    header = storage_pb2.UploadHeader(
+        bucket=storage_pb2.BUCKET_MP3S,
+        filename=f"{path.stem}.mp3",
+        content_type="audio/mpeg",
+        owner_id=owner_id,
+    )
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(STORAGE_CHUNK):
+                yield chunk
+
+    with insecure_channel(f"127.0.0.1:{system.ports['storage']}") as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        response = stub.Upload(upload_requests(header, chunks()), timeout=3600)
+    return str(response.file.id)
+
+
+def _timed_download(client: Client, file_id: str, size: int) -> float:
     began = time.perf_counter()
-    try:
-        got = client.download(video_id)
-    except Exception as error:  # noqa: BLE001 - the API may serve MP3s only: noted, MP3 download used
-        results.notes.append(
-            f"Downloading the uploaded video itself was refused ({error}); the download "
-            "figures are the 60-minute video's MP3 instead."
-        )
-        return None
+    got = client.download(file_id)
     took = time.perf_counter() - began
-    if got < size:
-        results.notes.append(f"download returned {got} bytes of {size}")
+    if got != size:
+        raise RuntimeError(f"download returned {got} bytes of {size}")
     return took
 
 
@@ -116,70 +140,58 @@ def measure(system: System, sizes: Sizes, runs: int, cache: Path, progress: Prog
         clip = media.make_video(sizes.clip, cache)
     for path in (big, small, long, clip):
         media.warm(path)
+    big_size, small_size = big.stat().st_size, small.stat().st_size
+    results.big_size = big_size
     client = system.client()
     client.register_and_login(f"bench-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16))
+    owner = str(client.me()["id"])
+    with progress.step("streaming · storing the files to download (storage's gRPC API, not measured)"):
+        small_id = seed_download(system, owner, small)
+        big_id = seed_download(system, owner, big)
     sampler = RssSampler(system.pids("gateway", "storage")).start()
-    can_download_video = True
     try:
         # Phase small: the reference for "flat".
         sampler.reset()
-        with progress.step(f"streaming · small file ({small.stat().st_size / MIB:.0f} MiB) up and down"):
-            _, body = _timed_upload(client, small)
-            can_download_video = (
-                _download_video(client, str(body["video_id"]), results, small.stat().st_size) is not None
-            )
+        with progress.step(f"streaming · small file ({small_size / MIB:.0f} MiB) up and down"):
+            _timed_upload(client, small)
+            _timed_download(client, small_id, small_size)
         results.peaks["small"] = {k: v.bytes for k, v in sampler.peaks().items()}
         # Phase big: system and baseline uploads interleaved, alternating who goes first.
         sampler.reset()
-        big_size = big.stat().st_size
         for index in range(runs):
             order = ("system", "direct") if index % 2 == 0 else ("direct", "system")
             for who in order:
-                with progress.step(
-                    f"streaming · {big_size / MIB:.0f} MiB upload · {who} · run {index + 1}/{runs}"
-                ):
+                label = f"streaming · {big_size / MIB:.0f} MiB upload · {who} · run {index + 1}/{runs}"
+                with progress.step(label):
                     if who == "direct":
                         results.direct_upload.append(direct_gridfs_upload(system, big))
                     else:
-                        took, body = _timed_upload(client, big)
-                        results.system_upload.append(took)
-                        if can_download_video:
-                            with progress.step(
-                                f"streaming · {big_size / MIB:.0f} MiB download · run {index + 1}/{runs}"
-                            ):
-                                got = _download_video(client, str(body["video_id"]), results, big_size)
-                            if got is None:
-                                can_download_video = False
-                            else:
-                                results.big_download.append(got)
+                        results.system_upload.append(_timed_upload(client, big)[0])
+            with progress.step(f"streaming · {big_size / MIB:.0f} MiB download · run {index + 1}/{runs}"):
+                results.big_download.append(_timed_download(client, big_id, big_size))
         results.peaks["big"] = {k: v.bytes for k, v in sampler.peaks().items()}
     finally:
         sampler.stop()
     # The uploads above were for streaming only: never converted.
     system.purge()
     converter = system.start_converters(1)[0]
-    sampler = RssSampler({"converter": converter.pid, **system.pids("gateway", "storage")}).start()
+    sampler = RssSampler({"converter": converter.pid}).start()
     try:
         for phase, path in (("clip", clip), ("long", long)):
             sampler.reset()
-            with progress.step(f"streaming · converter converts {path.name}"):
+            with progress.step(f"streaming · converter converts the {phase} video ({path.name})"):
                 body = client.upload(path)
                 job = client.wait_finished(str(body["job_id"]), timeout=3600)
             if client.state(job) != "succeeded":
                 raise RuntimeError(f"conversion of {path.name} failed: {job}")
-            if phase == "long" and not can_download_video:
-                with progress.step("streaming · download the 60-minute MP3"):
-                    began = time.perf_counter()
-                    got = client.download(str(job.get("mp3_id")))
-                    results.mp3_download = (got, time.perf_counter() - began)
             results.peaks[phase] = {k: v.bytes for k, v in sampler.peaks().items()}
-        if not sampler.reset_supported:
-            results.notes.append(
-                "Peak RSS could not be reset between phases (/proc/<pid>/clear_refs "
-                "refused): each phase's peak includes the earlier phases."
-            )
     finally:
         sampler.stop()
+    if not sampler.reset_supported:
+        results.notes.append(
+            "Peak RSS could not be reset between phases (/proc/<pid>/clear_refs refused): each "
+            "phase's peak includes the earlier phases."
+        )
     return results
 
 
@@ -201,7 +213,10 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         ],
     )
     try:
-        with work_dir(cache, "streaming-") as work, System.started(work, with_converters=False) as system:
+        with (
+            work_dir(cache, "streaming-") as work,
+            System.started(work, with_converters=False, gateway_env=NO_SWEEPER) as system,
+        ):
             results = measure(system, sizes, runs, cache, progress)
     except SystemUnavailable as error:
         section.not_run = str(error)
@@ -232,7 +247,7 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
             long_peak - clip_peak < FLAT_GROWTH,
         ),
     ]
-    size = sizes.big
+    size = results.big_size
     ours, direct = median(results.system_upload), median(results.direct_upload)
     ratio = direct / ours
     section.targets.append(
@@ -255,14 +270,9 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         took = median(results.big_download)
         section.notes.append(
             f"Download of {size / MIB:.0f} MiB through the gateway: {seconds(took)} "
-            f"({size / MIB / took:.0f} MiB/s)."
-        )
-    if results.mp3_download is not None:
-        got, took = results.mp3_download
-        section.notes.append(
-            f"Download of the 60-minute video's MP3 ({got / MIB:.1f} MiB) through the gateway: "
-            f"{seconds(took)}; gateway/storage peak RSS in that phase: "
-            + ", ".join(f"{k} {mib(v)}" for k, v in results.peaks["long"].items() if k != "converter")
+            f"({size / MIB / took:.0f} MiB/s). GET /download serves MP3s only, so the files downloaded "
+            "(small and big) were stored beforehand in the MP3 bucket through storage's gRPC Upload, "
+            "outside the measured phases."
         )
     section.notes += results.notes
     section.notes.append(

@@ -110,7 +110,13 @@ class System:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, work_dir: Path, converters: int = 1, with_converters: bool = True) -> Iterator[System]:
+    def started(
+        cls,
+        work_dir: Path,
+        converters: int = 1,
+        with_converters: bool = True,
+        gateway_env: dict[str, str] | None = None,
+    ) -> Iterator[System]:
         missing = missing_services()
         if missing:
             raise SystemUnavailable(f"not on this branch yet: {', '.join(missing)}")
@@ -119,7 +125,7 @@ class System:
             sink.start()
             system = cls(infra, sink, work_dir)
             try:
-                system._start_core()
+                system._start_core(gateway_env or {})
                 if with_converters:
                     system.start_converters(converters)
                 yield system
@@ -162,7 +168,7 @@ class System:
             ) from None
         return process
 
-    def _start_core(self) -> None:
+    def _start_core(self, gateway_env: dict[str, str]) -> None:
         for name in ("auth", "storage", "gateway"):
             self.ports[name] = free_port()
         self._start(
@@ -183,6 +189,7 @@ class System:
             [gunicorn, "--config", "python:gateway.gunicorn_conf", "gateway.app:create_app()"],
             lambda: http_ok(f"{self.gateway_url}/readyz"),
             GATEWAY_PORT=str(self.ports["gateway"]),
+            **gateway_env,
         )
         notifier_port = free_port()
         self._start(
@@ -325,6 +332,12 @@ class Client:
             raise ApiError("POST /upload", response.status, raw.decode(errors="replace"))
         body = json.loads(raw)
         assert isinstance(body, dict)
+        return body
+
+    def me(self) -> dict[str, Any]:
+        status, body = self._json("GET", "/me", headers=self._auth())
+        if status != 200 or not isinstance(body, dict):
+            raise ApiError("GET /me", status, str(body))
         return body
 
     def job(self, job_id: str) -> dict[str, Any]:
