@@ -205,11 +205,11 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         "with a small file (\"flat\" = the big file's peak within 10 MiB of the small file's).",
         columns=[
             "service",
-            "small file peak RSS",
-            "big file peak RSS",
+            f"peak RSS, {sizes.small / MIB:.0f} MiB up + down",
+            f"peak RSS, {sizes.big / MIB:.0f} MiB up + down",
             "growth",
-            "converter: short clip",
-            "converter: 60-min video",
+            f"converter peak RSS, {sizes.clip.label}",
+            f"converter peak RSS, {sizes.long.label}",
         ],
     )
     try:
