@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             sections.append(Section(key=name, title=TITLES[name], baseline="—", not_run=f"failed: {error}"))
     info.finished = datetime.datetime.now(datetime.UTC)
+    info.load_after = os.getloadavg()
     text = report.render(sections, info, report.machine(), report.versions())
     print(text)
     if args.output is not None:

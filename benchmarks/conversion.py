@@ -122,6 +122,7 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
             "ffmpeg time",
             "our time",
             "time ratio (ours/ffmpeg)",
+            "CPU time ratio",
             "ffmpeg media s/s",
             "our media s/s",
             "ffmpeg peak RSS",
@@ -138,12 +139,16 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         our_max_rss = max(r.peak_rss_bytes for r in result.ours)
         in_process = median([float(r["convert_seconds"]) for r in result.ours_reports])
         ratio = our_wall / ff_wall
+        cpu_ratio = median([r.user_seconds + r.system_seconds for r in result.ours]) / median(
+            [r.user_seconds + r.system_seconds for r in result.ffmpeg]
+        )
         section.rows.append(
             [
                 spec.label,
                 seconds(ff_wall),
                 seconds(our_wall),
                 f"{ratio:.2f}x",
+                f"{cpu_ratio:.2f}x",
                 f"{spec.seconds / ff_wall:.0f}",
                 f"{spec.seconds / our_wall:.0f}",
                 mib(ff_rss),
@@ -169,8 +174,9 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         section.notes.append(f"{spec.label}: every run, ffmpeg/ours wall seconds: {walls}.")
     section.notes.append(
         "Time is wall time of the whole process, from spawn to exit (our Python start-up and imports "
-        'included); "in-process time" is ours from opening the file to the last MP3 byte. Media s/s = '
-        "seconds of sound converted per wall-clock second. Peak RSS = the process's own maximum "
-        "resident set (`wait4` ru_maxrss)."
+        "included); CPU time = user + system seconds of the process (less disturbed than wall time by "
+        'other work on the machine); "in-process time" is ours from opening the file to the last MP3 '
+        "byte. Media s/s = seconds of sound converted per wall-clock second. Peak RSS = the "
+        "process's own maximum resident set (`wait4` ru_maxrss)."
     )
     return section

@@ -52,6 +52,7 @@ class RunInfo:
     started: datetime.datetime
     finished: datetime.datetime | None = None
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     command: str = ""
 
 
@@ -184,7 +185,8 @@ def render(
     lines += [
         f"- Date: {started} ({took:.1f} min)",
         f"- Command: `{info.command}`",
-        f"- Load average before the run: {' / '.join(f'{x:.2f}' for x in info.load_before)}",
+        f"- Load average (1/5/15 min) before the run: {' / '.join(f'{x:.2f}' for x in info.load_before)}; "
+        f"after: {' / '.join(f'{x:.2f}' for x in info.load_after)}",
         "",
         "## Machine and versions",
         "",
