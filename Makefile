@@ -52,9 +52,9 @@ test: infra ## run the whole test suite against real servers
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: infra ## measure conversion, streaming memory, end-to-end vs baselines → BENCHMARKS.md (BENCH_ARGS=--quick)
+bench: infra ## measure vs baselines, write BENCHMARKS.md (QUICK=1: tiny check run; BENCH_ARGS=--help)
 	@bash benchmarks/install.sh
-	@$(PY) -m benchmarks $(BENCH_ARGS)
+	@$(PY) -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 .PHONY: up
 up: ## run the whole system on loopback (infrastructure + five services), wait until healthy
