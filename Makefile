@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 
 .PHONY: help
 help: ## show this list
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: bootstrap
 bootstrap: ## install the Python environment (.venv) and buf (.tools); fast when done
@@ -47,8 +47,16 @@ infra-down: ## stop the local infrastructure
 infra-status: ## show which local servers are up
 	@bash dev/infra.sh status
 
+.PHONY: k8s-tools
+k8s-tools: ## install kustomize, kubernetes-validate and hadolint into .tools (fast when done)
+	@bash dev/k8s-tools.sh install
+
+.PHONY: manifests
+manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.30 (--strict), lint the Dockerfile, check manifests against the code
+	@$(PY) -m pytest -q -p no:cacheprovider tests/test_manifests.py
+
 .PHONY: test
-test: infra ## run the whole test suite against real servers
+test: infra k8s-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -71,3 +79,7 @@ logs: ## follow the services' logs
 .PHONY: status
 status: ## show whether the services and the infrastructure are up
 	@bash dev/up.sh status
+
+.PHONY: mail
+mail: ## list the emails the local SMTP sink received (python dev/mail.py --help for more)
+	@$(PY) dev/mail.py

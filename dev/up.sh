@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=dev/defaults.env
 source "$ROOT/dev/defaults.env"
-RUN="$ROOT/.run"
+RUN="${RUN_DIR:-$ROOT/.run}"
 PIDFILE="$RUN/honcho.pid"
 LOG="$RUN/services.log"
 mkdir -p "$RUN"

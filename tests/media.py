@@ -162,3 +162,21 @@ def truncated_copy(source: Path, target: Path, fraction: float = 0.3) -> Path:
 def random_file(path: Path, size: int = 64 * 1024) -> Path:
     path.write_bytes(os.urandom(size))
     return path
+
+
+def main() -> None:
+    """``python -m tests.media OUT [--duration S]``: write a small test video (H.264/AAC MP4
+    unless the suffix names another container)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args()
+    container = args.out.suffix.lstrip(".") or "mp4"
+    make_media(args.out, MediaSpec(container=container, duration=args.duration, width=320, height=240))
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Reliability under load and faults, with every service a real process.
+
+Several users upload files concurrently while one fault is injected at a time: a
+converter killed with SIGKILL, RabbitMQ restarted, the storage service stopped for a few
+seconds, the SMTP sink stopped. After recovery nothing is lost or duplicated: every job
+ends in the state it should, each user gets exactly one email per job, each job has
+exactly one MP3, no job is stuck and the dead-letter queues are empty.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.infra import Infra, SmtpSink
+from tests.fixtures.system import PrivateRabbit, System
+from tests.media import MediaSpec, make_media, random_file
+from tests.support import wait_for
+
+pytestmark = pytest.mark.timeout(900)
+
+USERS = 3
+FILES_PER_USER = 8  # per fault round: 24 uploads while the fault happens
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Ledger:
+    """What the suite sent and what came back, for the final summary."""
+
+    sent: int = 0
+    succeeded: int = 0
+    failed_as_expected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    faults: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"reliability: jobs sent {self.sent}, succeeded {self.succeeded}, "
+            f"failed as expected {self.failed_as_expected}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, faults injected {len(self.faults)} ({', '.join(self.faults)})"
+        )
+
+
+LEDGER = Ledger()
+
+
+@pytest.fixture(scope="module")
+def rabbit(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
+    node = PrivateRabbit(infra, tmp_path_factory.mktemp("rabbit"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra, rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    work = tmp_path_factory.mktemp("reliability")
+    sink = SmtpSink(work)
+    sink.start()
+    srv = System(
+        infra=infra,
+        sink=sink,
+        log_dir=work,
+        extra_env={
+            "RABBITMQ_URL": rabbit.url,
+            # Quick retries so outages of a few seconds heal within the test's time.
+            "CONVERTER_RETRY_BASE_SECONDS": "0.5",
+            "CONVERTER_RETRY_MAX_SECONDS": "4",
+            "CONVERTER_MAX_ATTEMPTS": "12",
+            "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
+            "NOTIFIER_RETRY_MAX_SECONDS": "4",
+            "NOTIFIER_MAX_ATTEMPTS": "12",
+            "SWEEP_INTERVAL_SECONDS": "2",
+            "REQUEUE_AFTER_SECONDS": "10",
+        },
+    )
+    try:
+        srv.start_all(converters=2)
+        yield srv
+    except BaseException:
+        print(srv.logs())
+        raise
+    finally:
+        srv.stop_all()
+        sink.stop()
+        print(LEDGER.summary())
+
+
+@pytest.fixture(scope="module")
+def users(system: System) -> dict[str, str]:
+    tokens = {}
+    for i in range(USERS):
+        email = f"user{i}-{random.randrange(10**6)}@example.com"
+        assert system.register(email, PASSWORD).status == 201
+        tokens[email] = system.login(email, PASSWORD)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("media")
+    specs = [
+        MediaSpec(container="mp4", duration=1.5),
+        MediaSpec(container="mkv", duration=1.0, channels=1),
+        MediaSpec(container="webm", duration=1.2),
+        MediaSpec(container="avi", duration=0.8),
+    ]
+    return [make_media(folder / f"clip{i}.{s.container}", s) for i, s in enumerate(specs)]
+
+
+def run_round(
+    system: System,
+    users: dict[str, str],
+    media: list[Path],
+    fault_name: str,
+    fault: Callable[[], None],
+    poison: Path | None = None,
+) -> None:
+    """Upload FILES_PER_USER files per user concurrently, inject the fault meanwhile, then
+    check every invariant."""
+    before_mail = {email: len(system.sink.mailbox.to(email)) for email in users}
+    jobs: dict[str, tuple[str, str, bool]] = {}  # job id -> (email, token, expect success)
+    lock = threading.Lock()
+
+    def upload(email: str, token: str, index: int) -> None:
+        path = poison if (poison is not None and index == 0) else media[index % len(media)]
+        for _ in range(60):  # a 503 during an outage is the documented answer: try again
+            result = system.upload(token, path, filename=f"{fault_name}-{index}{path.suffix}")
+            if result.status == 202:
+                with lock:
+                    jobs[result.json()["job_id"]] = (email, token, path is not poison)
+                return
+            assert result.status == 503, (result.status, result.body)
+            time.sleep(0.5)
+        raise AssertionError("upload never accepted")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [
+            pool.submit(upload, email, token, i)
+            for i in range(FILES_PER_USER)
+            for email, token in users.items()
+        ]
+        time.sleep(0.5)
+        fault()
+        LEDGER.faults.append(fault_name)
+        for future in futures:
+            future.result()
+
+    LEDGER.sent += len(jobs)
+    finished = {
+        job_id: system.wait_job_finished(token, job_id, timeout=240) for job_id, (_, token, _) in jobs.items()
+    }
+    for job_id, job in finished.items():
+        expect_success = jobs[job_id][2]
+        if expect_success:
+            if job["state"] != "succeeded":
+                LEDGER.lost += 1
+            else:
+                LEDGER.succeeded += 1
+        else:
+            assert job["state"] == "failed", job
+            assert job.get("failure_reason") or job.get("reason")
+            LEDGER.failed_as_expected += 1
+    assert all(job["state"] == "succeeded" for jid, job in finished.items() if jobs[jid][2]), finished
+
+    # Exactly one MP3 per succeeded job, none for failed ones.
+    client = system.infra.mongo()
+    try:
+        files = client[system.infra.mongo_db]["mp3s.files"]
+        per_job = Counter(
+            doc["metadata"].get("job_id") for doc in files.find({"metadata.job_id": {"$in": list(jobs)}})
+        )
+    finally:
+        client.close()
+    duplicated = sum(count - 1 for count in per_job.values() if count > 1)
+    LEDGER.duplicated += duplicated
+    assert duplicated == 0, per_job
+    assert sorted(per_job) == sorted(j for j in jobs if jobs[j][2])
+
+    # Exactly one email per job to its owner (the job's file name is in the subject).
+    for email in users:
+        expected = sum(1 for owner, _, _ in jobs.values() if owner == email)
+        got = system.sink.mailbox.wait_for(email, before_mail[email] + expected, timeout=120)
+        time.sleep(1.0)  # a duplicate would arrive right behind
+        got = system.sink.mailbox.to(email)
+        assert len(got) == before_mail[email] + expected, [m["Subject"] for m in got]
+
+
+def assert_quiet(rabbit: PrivateRabbit, expect_dead: int = 0) -> None:
+    depths = wait_for(
+        lambda: (lambda d: d if d.get("video", 0) == 0 and d.get("mp3", 0) == 0 else None)(
+            rabbit.queue_depths()
+        ),
+        timeout=60,
+        what="work queues drained",
+    )
+    assert depths.get("video.dead", 0) + depths.get("mp3.dead", 0) == expect_dead, depths
+
+
+def test_kill_a_converter_mid_load(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit, tmp_path: Path
+) -> None:
+    def fault() -> None:
+        victim = system.processes["converter-1"]
+        wait_for(lambda: system.infra is not None, timeout=1)
+        victim.signal(signal.SIGKILL)
+        victim.proc.wait(10)  # type: ignore[union-attr]
+        system.start_converter(1)
+
+    poison = random_file(tmp_path / "not-a-video.mp4")
+    run_round(system, users, media, "kill-converter", fault, poison=poison)
+    assert_quiet(rabbit)
+
+
+def test_restart_rabbitmq_mid_load(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
+    run_round(system, users, media, "restart-rabbitmq", lambda: rabbit.restart(down_seconds=2))
+    assert_quiet(rabbit)
+
+
+def test_stop_storage_for_a_few_seconds(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
+    def fault() -> None:
+        system.processes["storage"].stop()
+        time.sleep(4)
+        system.start_storage()
+
+    run_round(system, users, media, "stop-storage", fault)
+    assert_quiet(rabbit)
+
+
+def test_stop_the_smtp_sink(
+    system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit
+) -> None:
+    def fault() -> None:
+        system.sink.stop()
+        time.sleep(4)
+        system.sink.start()
+
+    run_round(system, users, media, "stop-smtp", fault)
+    assert_quiet(rabbit)
+
+
+def test_summary(system: System) -> None:
+    print(LEDGER.summary())
+    assert LEDGER.lost == 0
+    assert LEDGER.duplicated == 0
+    assert len(LEDGER.faults) == 4
