@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="seconds-long inputs, one run: checks the tool")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3; quick: 1)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--prepare", action="store_true", help="only generate the inputs (cached), then stop")
     parser.add_argument("--cache-dir", type=Path, default=media.DEFAULT_CACHE, help="generated inputs")
     parser.add_argument(
         "--output",
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     progress.note(f"inputs in {args.cache_dir}; {args.runs} run(s) each; sections: {', '.join(args.only)}")
+    if args.prepare:
+        for name in args.only:
+            module = importlib.import_module(f"benchmarks.{name}")
+            paths = module.prepare(quick=args.quick, cache=args.cache_dir, progress=progress)
+            total = sum(path.stat().st_size for path in paths)
+            progress.note(f"{name}: {len(paths)} input(s), {total / 2**20:.0f} MiB in {args.cache_dir}")
+        return 0
     sections: list[Section] = []
     failed = False
     for name in args.only:

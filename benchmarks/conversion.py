@@ -74,10 +74,18 @@ def _checked(run: ChildRun, what: str) -> ChildRun:
     return run
 
 
+def prepare(quick: bool, cache: Path, progress: Progress) -> list[Path]:
+    """Generate (or find cached) this section's inputs."""
+    paths = []
+    for spec in QUICK_INPUTS if quick else FULL_INPUTS:
+        if not (cache / spec.filename).exists():
+            with progress.step(f"conversion · generating {spec.label} (cached for later runs)"):
+                media.make_video(spec, cache)
+        paths.append(media.make_video(spec, cache))
+    return paths
+
+
 def measure_input(spec: media.VideoSpec, runs: int, cache: Path, progress: Progress) -> InputResult:
-    if not (cache / spec.filename).exists():
-        with progress.step(f"conversion · generating {spec.label} (cached for later runs)"):
-            media.make_video(spec, cache)
     source = media.make_video(spec, cache)
     media.warm(source)
     result = InputResult(spec)
@@ -130,6 +138,7 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
             "our in-process time",
         ],
     )
+    prepare(quick, cache, progress)
     for spec in QUICK_INPUTS if quick else FULL_INPUTS:
         result = measure_input(spec, runs, cache, progress)
         ff_wall = median([r.wall_seconds for r in result.ffmpeg])

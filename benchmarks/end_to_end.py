@@ -134,11 +134,18 @@ def clip_latency(system: System, client: Client, clip: Path) -> dict[str, float]
     }
 
 
-def measure(system: System, plan: Plan, runs: int, cache: Path, work: Path, progress: Progress) -> Results:
-    results = Results()
-    with progress.step(f"end-to-end · generating {plan.count} x {plan.video.label} (cached)"):
+def prepare(quick: bool, cache: Path, progress: Progress) -> list[Path]:
+    """Generate (or find cached) this section's inputs: the batch, then the clip."""
+    plan = QUICK if quick else FULL
+    with progress.step(f"end-to-end · {plan.count} x {plan.video.label} (generated once, then cached)"):
         files = media.make_batch(plan.video, plan.count, cache)
         clip = media.make_video(plan.clip, cache)
+    return [*files, clip]
+
+
+def measure(system: System, plan: Plan, runs: int, cache: Path, work: Path, progress: Progress) -> Results:
+    results = Results()
+    *files, clip = prepare(plan is QUICK, cache, progress)
     for path in (*files, clip):
         media.warm(path)
     client = system.client()

@@ -130,14 +130,21 @@ def _timed_download(client: Client, file_id: str, size: int) -> float:
     return took
 
 
-def measure(system: System, sizes: Sizes, runs: int, cache: Path, progress: Progress) -> Results:
-    results = Results()
-    with progress.step("streaming · generating inputs (cached after the first time)"):
+def prepare(quick: bool, cache: Path, progress: Progress) -> list[Path]:
+    """Generate (or find cached) this section's inputs: big, small, long, clip."""
+    sizes = QUICK if quick else FULL
+    with progress.step("streaming · inputs (generated once, then cached)"):
         source = media.make_video(sizes.source, cache)
         big = media.make_big_file(source, sizes.big, cache)
         small = media.make_big_file(source, sizes.small, cache)
         long = media.make_video(sizes.long, cache)
         clip = media.make_video(sizes.clip, cache)
+    return [big, small, long, clip]
+
+
+def measure(system: System, sizes: Sizes, runs: int, cache: Path, progress: Progress) -> Results:
+    results = Results()
+    big, small, long, clip = prepare(sizes is QUICK, cache, progress)
     for path in (big, small, long, clip):
         media.warm(path)
     big_size, small_size = big.stat().st_size, small.stat().st_size
