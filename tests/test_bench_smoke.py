@@ -74,6 +74,8 @@ def test_generated_inputs_are_cached_and_valid(tmp_path: Path) -> None:
 
 
 def test_conversion_section_and_report(tmp_path: Path) -> None:
+    assert cli.main(["--quick", "--prepare", "--only", "conversion", "--cache-dir", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("v-*"))) == 3  # the inputs only, reused below
     output = tmp_path / "BENCHMARKS.md"
     argv = [
         "--quick",
