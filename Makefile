@@ -6,6 +6,7 @@ PY := $(ROOT)/.venv/bin/python
 BUF := $(ROOT)/.tools/node_modules/.bin/buf
 export PYTHONPATH := $(ROOT):$(ROOT)/gen
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help
 help: ## show this list
@@ -57,6 +58,11 @@ manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.3
 .PHONY: test
 test: infra k8s-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: infra ## measure vs baselines, write BENCHMARKS.md (QUICK=1: tiny check run; BENCH_ARGS=--help)
+	@bash benchmarks/install.sh
+	@$(PY) -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 .PHONY: up
 up: ## run the whole system on loopback (infrastructure + five services), wait until healthy
