@@ -13,10 +13,8 @@ import base64
 import contextlib
 import http.client
 import json
-import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from dev.wait_healthy import grpc_serving, http_ok
-from tests.fixtures.infra import Infra, SmtpSink, _infra_env, rabbitmqctl
+from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
+from tests.fixtures.infra import infra_slice as tests_infra_slice
 from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
 
 GIB = 1024**3
@@ -62,41 +59,9 @@ def missing_services() -> list[str]:
     return [name for name, path in SERVICES.items() if not (ROOT / path).exists()]
 
 
-@contextlib.contextmanager
-def infra_slice(work_dir: Path) -> Iterator[Infra]:
+def infra_slice(work_dir: Path) -> contextlib.AbstractContextManager[Infra]:
     """Like the tests' ``infra`` fixture: own MySQL db, Mongo db and vhost on the shared servers."""
-    subprocess.run(["bash", str(ROOT / "dev/infra.sh"), "up"], check=True, timeout=1500)
-    env = _infra_env()
-    run_id = f"{os.getpid()}_{secrets.token_hex(3)}"
-    infra = Infra(
-        env=env,
-        run_id=run_id,
-        mysql_db=f"video2mp3_bench_{run_id}",
-        mongo_db=f"video2mp3_bench_{run_id}",
-        vhost=f"video2mp3-bench-{run_id}",
-        work_dir=work_dir,
-    )
-    admin = pymysql.connect(
-        host=env["MYSQL_HOST"],
-        port=int(env["MYSQL_PORT"]),
-        user=env["MYSQL_USER"],
-        password=env["MYSQL_PASSWORD"],
-        autocommit=True,
-    )
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{infra.mysql_db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    rabbitmqctl("add_vhost", infra.vhost)
-    rabbitmqctl("set_permissions", "-p", infra.vhost, env["RABBITMQ_USER"], ".*", ".*", ".*")
-    try:
-        yield infra
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{infra.mysql_db}`")
-        admin.close()
-        client = infra.mongo()
-        client.drop_database(infra.mongo_db)
-        client.close()
-        rabbitmqctl("delete_vhost", infra.vhost)
+    return tests_infra_slice(work_dir, kind="bench")
 
 
 @dataclass

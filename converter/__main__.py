@@ -13,41 +13,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common.amqp import Consumer, Publisher
 from common.config import SettingsError, exit_on_settings_error
 from common.grpc_client import insecure_channel
 from common.logs import setup_logging
+from common.worker_health import start_health_server
 from converter.settings import Settings
 from converter.worker import Converter
 
 log = logging.getLogger("converter")
-
-
-def start_health_server(port: int, consumers: list[Consumer]) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                ok = True
-            elif self.path == "/readyz":
-                ok = all(c.connected.is_set() for c in consumers)
-            else:
-                self.send_error(404)
-                return
-            body = b"ok\n" if ok else b"not ready\n"
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # quiet: probes are frequent
-            pass
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # probes come from the kubelet
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-    return server
 
 
 def main() -> int:
@@ -84,7 +59,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    health = start_health_server(settings.health_port, consumers) if settings.health_port else None
+    health = (
+        start_health_server(settings.health_port, lambda: all(c.connected.is_set() for c in consumers))
+        if settings.health_port
+        else None
+    )
     threads = [threading.Thread(target=c.run, name=c.name) for c in consumers]
     for thread in threads:
         thread.start()

@@ -11,7 +11,7 @@ from common.amqp import Consumer, ConsumerSettings, Topology
 from common.config import SettingsError, exit_on_settings_error
 from common.grpc_client import insecure_channel
 from common.logs import setup_logging
-from notifier.health import start_health_server
+from common.worker_health import start_health_server
 from notifier.mailer import Mailer, SmtpConfig
 from notifier.messages import parse_sender
 from notifier.settings import Settings

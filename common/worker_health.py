@@ -1,4 +1,6 @@
-"""A tiny HTTP health endpoint: ``/healthz`` (the process runs) and ``/readyz`` (consuming)."""
+"""A tiny HTTP health endpoint for the RabbitMQ workers (Kubernetes probes): ``/healthz``
+(the process runs) and ``/readyz`` (consuming). It listens on every interface because
+probes come from the kubelet; it tells nothing but up or not."""
 
 from __future__ import annotations
 
