@@ -47,6 +47,24 @@ def test_round_trip_is_byte_identical(storage_service: StorageHandle, size: int)
     assert stat.file == got
 
 
+def test_download_of_a_file_larger_than_one_database_reply(
+    start_storage: Callable[..., StorageHandle],
+) -> None:
+    """A reply from MongoDB may not exceed 48 MB; the local FerretDB answers a cursor's
+    getMore with 250 chunk documents (62.5 MiB) unless the reader asks for few at a time,
+    which storage does. A file past 101 + 183 chunks (~71 MiB) shows the difference."""
+    storage_service = start_storage(MAX_UPLOAD_BYTES=str(200 * MIB))
+    size = 90 * MIB + 777
+    block = os.urandom(MIB)
+    pieces = (block[: min(MIB, size - start)] for start in range(0, size, MIB))
+    info = storage_service.upload(pieces, owner_id="7", filename="big.mp4")
+    assert info.size == size
+    got, body, _ = storage_service.download(info.id, owner_id="7")
+    assert len(body) == size and sha256(body) == info.sha256
+    _, tail, _ = storage_service.download(info.id, owner_id="7", offset=size - 1000)
+    assert tail == body[-1000:]
+
+
 def test_mp3_bucket_is_separate(storage_service: StorageHandle) -> None:
     data = os.urandom(50_000)
     info = storage_service.upload(data, bucket=MP3S, filename="song.mp3", content_type="")

@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.infra import Infra, SmtpSink
+from tests.fixtures.system import RELIABILITY as LEDGER
 from tests.fixtures.system import PrivateRabbit, System
 from tests.media import MediaSpec, make_media, random_file
 from tests.support import wait_for
@@ -31,28 +31,6 @@ pytestmark = pytest.mark.timeout(900)
 USERS = 3
 FILES_PER_USER = 8  # per fault round: 24 uploads while the fault happens
 PASSWORD = "correct horse battery staple"
-
-
-@dataclass
-class Ledger:
-    """What the suite sent and what came back, for the final summary."""
-
-    sent: int = 0
-    succeeded: int = 0
-    failed_as_expected: int = 0
-    lost: int = 0
-    duplicated: int = 0
-    faults: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"reliability: jobs sent {self.sent}, succeeded {self.succeeded}, "
-            f"failed as expected {self.failed_as_expected}, lost {self.lost}, "
-            f"duplicated {self.duplicated}, faults injected {len(self.faults)} ({', '.join(self.faults)})"
-        )
-
-
-LEDGER = Ledger()
 
 
 @pytest.fixture(scope="module")
