@@ -59,7 +59,7 @@ def test_download_of_a_file_larger_than_one_database_reply(
     pieces = (block[: min(MIB, size - start)] for start in range(0, size, MIB))
     info = storage_service.upload(pieces, owner_id="7", filename="big.mp4")
     assert info.size == size
-    got, body, _ = storage_service.download(info.id, owner_id="7")
+    _, body, _ = storage_service.download(info.id, owner_id="7")
     assert len(body) == size and sha256(body) == info.sha256
     _, tail, _ = storage_service.download(info.id, owner_id="7", offset=size - 1000)
     assert tail == body[-1000:]
