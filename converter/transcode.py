@@ -18,7 +18,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import queue
 import struct
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ log = logging.getLogger("converter.transcode")
 # Sample rates of MPEG-1 Layer III, which carries every bit rate up to 320 kb/s.
 MPEG1_RATES = (32000, 44100, 48000)
 MIN_CHUNK = 64 * 1024  # bytes gathered before a chunk is yielded
+PIPELINE_DEPTH = 32  # resampled frames between the decoding and the encoding thread
 MAX_BAD_PACKETS = 50  # packets that fail to decode before the file counts as corrupt
 CBR_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
@@ -320,11 +323,63 @@ class Transcoder:
             self.close()
 
     def _encode(self) -> Iterator[bytes]:
-        encoder: _LameencEncoder | _PyAVEncoder | None = None
+        """Decoding (+ resampling) and encoding run on two threads joined by a small bounded
+        queue: PyAV and LAME both release the GIL, so on two cores the slower of the two
+        sets the pace instead of their sum. Memory stays bounded by the queue."""
+        items: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        stop = threading.Event()
+
+        def put(item: tuple[str, object]) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for item in self._resampled():
+                    if not put(("item", item)):
+                        return
+                put(("end", None))
+            except BaseException as error:  # noqa: BLE001 - handed over to the consuming thread
+                put(("error", error))
+
+        producer = threading.Thread(target=produce, name="decode", daemon=True)
+        producer.start()
+        try:
+            encoder: _LameencEncoder | _PyAVEncoder | None = None
+            limit_samples = 0
+            while True:
+                kind, value = items.get()
+                if kind == "error":
+                    assert isinstance(value, BaseException)
+                    raise value
+                if kind == "end":
+                    break
+                if encoder is None:
+                    assert isinstance(value, _LameencEncoder | _PyAVEncoder)
+                    encoder = value
+                    limit_samples = int(self.options.max_duration_seconds * self.out_rate)
+                    continue
+                assert isinstance(value, av.AudioFrame)
+                yield from self._encode_frame(encoder, value)
+                if self.samples_out > limit_samples:
+                    raise self._too_long(self.samples_out / self.out_rate)
+            assert encoder is not None
+            yield encoder.flush()
+            self._check_complete()
+        finally:
+            stop.set()
+            producer.join()
+
+    def _resampled(self) -> Iterator[_LameencEncoder | _PyAVEncoder | av.AudioFrame]:
+        """The encoder to use (first), then decoded audio in the encoder's PCM format."""
         resampler: av.AudioResampler | None = None
-        limit_samples = 0
         for frame in self._decoded_frames():
-            if encoder is None:
+            if resampler is None:
                 self.out_rate = output_rate(frame.sample_rate)
                 self.out_channels = output_channels(frame.layout.nb_channels)
                 encoder = _make_encoder(self.out_rate, self.out_channels, self.options)
@@ -335,23 +390,16 @@ class Transcoder:
                     rate=self.out_rate,
                     frame_size=getattr(encoder, "frame_size", None),
                 )
-                limit_samples = int(self.options.max_duration_seconds * self.out_rate)
-            assert resampler is not None
+                yield encoder
             frame.pts = None
-            for out in resampler.resample(frame):
-                yield from self._encode_frame(encoder, out)
-            if self.samples_out > limit_samples:
-                raise self._too_long(self.samples_out / self.out_rate)
-        if encoder is None or resampler is None:
+            yield from resampler.resample(frame)
+        if resampler is None:
             if self._declared is not None and self._declared > 0.5:
                 raise MediaError(
                     Failure.CORRUPT, "the file is damaged or incomplete: none of its sound could be decoded"
                 )
             raise MediaError(Failure.SILENT, "the sound track is empty (no audio could be decoded)")
-        for out in resampler.resample(None):
-            yield from self._encode_frame(encoder, out)
-        yield encoder.flush()
-        self._check_complete()
+        yield from resampler.resample(None)
 
     def _encode_frame(self, encoder: _LameencEncoder | _PyAVEncoder, frame: av.AudioFrame) -> Iterator[bytes]:
         if self.should_stop is not None and self.should_stop():
