@@ -147,28 +147,44 @@ rabbitmq_down() {
 
 # ---------------------------------------------------------------- FerretDB (MongoDB wire protocol)
 ferret_bin="$STATE/bin/ferretdb-local"
+# Returns 0 when the binary is current, 1 when it was (re)built just now.
 ferret_build() {
   local stamp="$STATE/bin/ferretdb-local.src"
   local want
-  want="$(cat "$ROOT/dev/ferretdb/go.mod" "$ROOT/dev/ferretdb/go.sum" "$ROOT/dev/ferretdb/main.go" | sha256sum | cut -c1-16)"
+  want="$(cat "$ROOT/dev/ferretdb/go.mod" "$ROOT/dev/ferretdb/go.sum" "$ROOT/dev/ferretdb/main.go" \
+    "$ROOT"/dev/ferretdb/patches/*.patch | sha256sum | cut -c1-16)"
   if [[ -x "$ferret_bin" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then return 0; fi
   log "building the embedded FerretDB server (first time only, about 2 minutes)"
   mkdir -p "$STATE/bin"
-  (cd "$ROOT/dev/ferretdb" && GOFLAGS=-mod=mod go build -trimpath -o "$ferret_bin.tmp" .)
+  # FerretDB is vendored into a scratch copy so that dev/ferretdb/patches/ can be applied.
+  local build
+  build="$(mktemp -d)"
+  cp "$ROOT/dev/ferretdb/go.mod" "$ROOT/dev/ferretdb/go.sum" "$ROOT/dev/ferretdb/main.go" "$build/"
+  (
+    cd "$build"
+    GOFLAGS=-mod=mod go mod vendor
+    for patch in "$ROOT"/dev/ferretdb/patches/*.patch; do git apply "$patch"; done
+    go build -mod=vendor -trimpath -o "$ferret_bin.tmp" .
+  ) || { rm -rf "$build"; log "building FerretDB failed"; exit 1; }
+  rm -rf "$build"
   mv "$ferret_bin.tmp" "$ferret_bin"
   echo "$want" >"$stamp"
+  return 1
 }
 mongo_up() {
   if [[ "${MONGO_URI:-}" != "" && "${MONGO_URI}" != "$DEFAULT_MONGO_URI" ]]; then
     log "MONGO_URI points elsewhere ($MONGO_HOST_SHOWN); starting no MongoDB-compatible server"
     return 0
   fi
+  if ! ferret_build && alive "$STATE/ferretdb.pid"; then
+    log "restarting FerretDB with the new build"
+    mongo_down
+  fi
   if alive "$STATE/ferretdb.pid"; then return 0; fi
   if port_open "$MONGO_HOST" "$MONGO_PORT"; then
     log "something already listens on $MONGO_HOST:$MONGO_PORT; using it as MongoDB"
     return 0
   fi
-  ferret_build
   log "starting FerretDB on $MONGO_HOST:$MONGO_PORT"
   started mongodb
   setsid "$ferret_bin" -listen "$MONGO_HOST:$MONGO_PORT" -data-dir "$STATE/ferretdb-data" \
@@ -180,6 +196,8 @@ mongo_down() {
   if alive "$STATE/ferretdb.pid"; then
     log "stopping FerretDB"
     kill "$(cat "$STATE/ferretdb.pid")"
+    local i
+    for ((i = 0; i < 100; i++)); do alive "$STATE/ferretdb.pid" || break; sleep 0.1; done
   fi
   rm -f "$STATE/ferretdb.pid"
 }

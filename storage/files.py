@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import gridfs
@@ -18,7 +18,7 @@ from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.gridwriter import GridWriter
 from storage.jobs import TERMINAL
-from storage.mongo import Mongo, parse_id, timestamp, unavailable_on_mongo_error
+from storage.mongo import Mongo, chunk_id, parse_id, timestamp, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.files")
 
@@ -216,7 +216,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             return
         if job is not None and job.get("mp3_id") == str(file_id):
             return
-        self.mongo.buckets[bucket].delete(file_id)
+        self.mongo.delete_file(bucket, file_id)
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the job finished while the file was uploaded")
 
     def Download(
@@ -246,22 +246,24 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         remaining: int,
         context: grpc.ServicerContext,
     ) -> Iterator[storage_pb2.DownloadResponse]:
-        """Reads the chunk documents directly, a few per round trip. (GridOut's own cursor
-        leaves the batch size to the server, and the local FerretDB answers with batches
-        larger than a MongoDB reply may be, which pymongo refuses.)"""
         chunk_size = int(grid_out.chunk_size)
         first = offset // chunk_size
         skip = offset % chunk_size
-        cursor = (
-            self.mongo.chunks(bucket)
-            .find({"files_id": grid_out._id, "n": {"$gte": first}}, {"n": 1, "data": 1})
-            .sort("n", 1)
-            .batch_size(CHUNK_DOCS_PER_BATCH)
+        chunks = self.mongo.chunks(bucket)
+        head = (
+            chunks.find_one({"_id": chunk_id(grid_out._id, first)}, {"n": 1, "data": 1})
+            if remaining
+            else None
         )
-        expected = first
+        if head is not None:
+            docs = self._chunks_by_id(chunks, grid_out._id, first, head)
+        else:
+            docs = self._chunks_by_query(chunks, grid_out._id, first)
         try:
-            for doc in cursor:
-                if remaining <= 0:
+            expected = first
+            while remaining > 0:
+                doc = next(docs, None)
+                if doc is None:
                     break
                 if doc["n"] != expected:
                     context.abort(grpc.StatusCode.DATA_LOSS, "the file is missing a piece")
@@ -271,11 +273,39 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 remaining -= len(data)
                 yield storage_pb2.DownloadResponse(chunk=data)
         finally:
-            cursor.close()
+            docs.close()
         if remaining > 0:
             if self.mongo.files(bucket).find_one({"_id": grid_out._id}, {"_id": 1}) is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, "file was removed during the download")
             context.abort(grpc.StatusCode.DATA_LOSS, "file ended early")
+
+    @staticmethod
+    def _chunks_by_id(
+        chunks: pymongo.collection.Collection, file_id: ObjectId, first: int, head: dict[str, Any]
+    ) -> Generator[dict[str, Any] | None, None, None]:
+        """A file storage wrote: each chunk by its ``_id``, one round trip each (the lookup
+        every MongoDB-compatible server answers from its primary key)."""
+        yield head
+        n = first + 1
+        while True:
+            yield chunks.find_one({"_id": chunk_id(file_id, n)}, {"n": 1, "data": 1})
+            n += 1
+
+    @staticmethod
+    def _chunks_by_query(
+        chunks: pymongo.collection.Collection, file_id: ObjectId, first: int
+    ) -> Generator[dict[str, Any], None, None]:
+        """A file another GridFS writer made: the chunks by ``files_id`` and ``n``, a few
+        per round trip. (GridOut's own cursor leaves the batch size to the server, and the
+        local FerretDB answers with batches larger than a MongoDB reply may be, which
+        pymongo refuses.)"""
+        cursor = (
+            chunks.find({"files_id": file_id, "n": {"$gte": first}}, {"n": 1, "data": 1})
+            .sort("n", 1)
+            .batch_size(CHUNK_DOCS_PER_BATCH)
+        )
+        with cursor:
+            yield from cursor
 
     def Stat(
         self, request: storage_pb2.StatRequest, context: grpc.ServicerContext
@@ -291,9 +321,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         with unavailable_on_mongo_error(context):
             grid_out = self._open(request.bucket, request.file_id, request.owner_id, context)
             grid_out.close()
-            try:
-                self.mongo.buckets[request.bucket].delete(grid_out._id)
-            except gridfs.errors.NoFile:
+            if not self.mongo.delete_file(request.bucket, grid_out._id):
                 context.abort(grpc.StatusCode.NOT_FOUND, "file not found")
         log.info("deleted", extra={"file_id": request.file_id, "bucket": request.bucket})
         return storage_pb2.DeleteResponse()

@@ -6,6 +6,12 @@ a file below that size would sit whole in the storage process. This writer keeps
 database while the client is still sending. The file document (which makes the file
 visible) is written last, so an unfinished upload is never readable; ``abort`` removes
 the chunks already written.
+
+Each chunk's ``_id`` is made from the file's id and the chunk's number (``chunk_id``), so a
+chunk can be read or removed by ``_id`` alone. GridFS readers look chunks up by
+``files_id`` and ``n`` and never by ``_id``, so the files stay ordinary GridFS files; but a
+lookup by ``_id`` is the one query every MongoDB-compatible server answers from its
+primary key (FerretDB's SQLite back end scans the whole collection for any other filter).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 from bson import Binary, ObjectId
 from pymongo.collection import Collection
 
-from storage.mongo import now
+from storage.mongo import chunk_id, now
 
 
 class GridWriter:
@@ -78,10 +84,13 @@ class GridWriter:
         """Remove every chunk written so far (the file document was never written)."""
         self._pending.clear()
         self._buffer.clear()
-        self.chunks.delete_many({"files_id": self.id})
+        for n in range(self._n):
+            self.chunks.delete_one({"_id": chunk_id(self.id, n)})
 
     def _add(self, data: bytes) -> None:
-        self._pending.append({"files_id": self.id, "n": self._n, "data": Binary(data)})
+        self._pending.append(
+            {"_id": chunk_id(self.id, self._n), "files_id": self.id, "n": self._n, "data": Binary(data)}
+        )
         self._pending_bytes += len(data)
         self._n += 1
 

@@ -24,7 +24,6 @@ import zlib
 from datetime import timedelta
 from typing import Any
 
-import gridfs.errors
 import grpc
 import pymongo
 import pymongo.errors
@@ -77,15 +76,11 @@ def reconcile_job_mp3s(mongo: Mongo, doc: dict[str, Any]) -> None:
         return
     keep = doc.get("mp3_id", "")
     files = mongo.files(storage_pb2.BUCKET_MP3S)
-    bucket = mongo.buckets[storage_pb2.BUCKET_MP3S]
     for extra in files.find({"metadata.job_id": str(doc["_id"])}, {"_id": 1}):
         if str(extra["_id"]) == keep:
             continue
-        try:
-            bucket.delete(extra["_id"])
+        if mongo.delete_file(storage_pb2.BUCKET_MP3S, extra["_id"]):
             log.info("removed a surplus MP3", extra={"job_id": str(doc["_id"]), "file_id": str(extra["_id"])})
-        except gridfs.errors.NoFile:
-            pass
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):

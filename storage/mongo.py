@@ -81,6 +81,20 @@ class Mongo:
             self._indexes_ready = True
             return True
 
+    def delete_file(self, bucket: int, file_id: ObjectId) -> bool:
+        """Remove a GridFS file: its file document, then its chunks (by ``_id`` when
+        storage wrote it, see ``chunk_id``). False if there was no file document."""
+        files, chunks = self.files(bucket), self.chunks(bucket)
+        doc = files.find_one_and_delete({"_id": file_id})  # (FerretDB takes no projection here)
+        if chunks.find_one({"_id": chunk_id(file_id, 0)}, {"_id": 1}) is None:
+            chunks.delete_many({"files_id": file_id})  # another GridFS writer's file, or empty
+            return doc is not None
+        count = -(-int(doc["length"]) // int(doc["chunkSize"])) if doc else 0
+        n = 0
+        while chunks.delete_one({"_id": chunk_id(file_id, n)}).deleted_count or n < count:
+            n += 1
+        return doc is not None
+
     def ping(self) -> bool:
         try:
             self.client.admin.command("ping")
@@ -90,6 +104,11 @@ class Mongo:
 
     def close(self) -> None:
         self.client.close()
+
+
+def chunk_id(files_id: ObjectId, n: int) -> str:
+    """The ``_id`` storage gives chunk ``n`` of a file it writes (see ``GridWriter``)."""
+    return f"{files_id}:{n}"
 
 
 def now() -> datetime:

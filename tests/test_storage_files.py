@@ -3,13 +3,16 @@ ownership, cancellation and the size limit."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 
+import gridfs
 import grpc
 import pytest
+from bson import ObjectId
 from video2mp3.storage.v1 import storage_pb2
 
 from storage.client import upload_requests
@@ -52,8 +55,10 @@ def test_download_of_a_file_larger_than_one_database_reply(
 ) -> None:
     """A reply from MongoDB may not exceed 48 MB; the local FerretDB answers a cursor's
     getMore with 250 chunk documents (62.5 MiB) unless the reader asks for few at a time,
-    which storage does. A file past 101 + 183 chunks (~71 MiB) shows the difference."""
-    storage_service = start_storage(MAX_UPLOAD_BYTES=str(200 * MIB))
+    which storage does for files it did not write itself (it reads its own chunk by
+    chunk, by ``_id``). A file past 101 + 183 chunks (~71 MiB) shows the difference.
+    (Buckets of their own: FerretDB scans a whole collection for the other tests' checks.)"""
+    storage_service = start_storage(MAX_UPLOAD_BYTES=str(200 * MIB), VIDEO_BUCKET=f"big{os.getpid()}")
     size = 90 * MIB + 777
     block = os.urandom(MIB)
     pieces = (block[: min(MIB, size - start)] for start in range(0, size, MIB))
@@ -63,6 +68,36 @@ def test_download_of_a_file_larger_than_one_database_reply(
     assert len(body) == size and sha256(body) == info.sha256
     _, tail, _ = storage_service.download(info.id, owner_id="7", offset=size - 1000)
     assert tail == body[-1000:]
+    # The same bytes written by pymongo's own GridFS writer (chunks with ObjectId _ids).
+    other_storage = start_storage(MAX_UPLOAD_BYTES=str(200 * MIB), VIDEO_BUCKET=f"other{os.getpid()}")
+    other = gridfs.GridFSBucket(
+        other_storage.db, other_storage.settings.video_bucket, chunk_size_bytes=255 * 1024
+    ).upload_from_stream("other.mp4", io.BytesIO(body), metadata={"owner_id": "7"})
+    _, again, _ = other_storage.download(str(other), owner_id="7")
+    assert again == body
+    _, tail, _ = other_storage.download(str(other), owner_id="7", offset=size - 1000)
+    assert tail == body[-1000:]
+
+
+def test_storage_names_its_chunks_after_the_file(storage_service: StorageHandle) -> None:
+    """Chunk n of file F has _id "F:n", so a chunk is one primary-key lookup on any server."""
+    info = storage_service.upload(os.urandom(MIB + 5), owner_id="c")
+    chunks = storage_service.db[f"{storage_service.settings.video_bucket}.chunks"]
+    docs = list(chunks.find({"files_id": ObjectId(info.id)}, {"_id": 1, "n": 1}).sort("n", 1))
+    assert [(d["_id"], d["n"]) for d in docs] == [(f"{info.id}:{n}", n) for n in range(5)]
+    # And pymongo's GridFS reader reads the file as it reads any other.
+    fs = gridfs.GridFSBucket(storage_service.db, storage_service.settings.video_bucket)
+    assert len(fs.open_download_stream(ObjectId(info.id)).read()) == MIB + 5
+
+
+def test_delete_of_a_file_another_writer_made(storage_service: StorageHandle) -> None:
+    fs = gridfs.GridFSBucket(storage_service.db, storage_service.settings.video_bucket, chunk_size_bytes=1000)
+    file_id = fs.upload_from_stream("x.mp4", io.BytesIO(os.urandom(5500)), metadata={"owner_id": "d"})
+    chunks = storage_service.db[f"{storage_service.settings.video_bucket}.chunks"]
+    assert chunks.count_documents({"files_id": file_id}) == 6
+    storage_service.files.Delete(storage_pb2.DeleteRequest(bucket=VIDEOS, file_id=str(file_id), owner_id="d"))
+    assert chunks.count_documents({"files_id": file_id}) == 0
+    assert code_of(lambda: storage_service.download(str(file_id))) == grpc.StatusCode.NOT_FOUND
 
 
 def test_mp3_bucket_is_separate(storage_service: StorageHandle) -> None:
@@ -129,8 +164,6 @@ def test_other_owner_missing_and_malformed_ids(storage_service: StorageHandle) -
 def test_delete_removes_file_and_chunks(storage_service: StorageHandle) -> None:
     info = storage_service.upload(os.urandom(2 * MIB), owner_id="d")
     chunks = storage_service.db[f"{storage_service.settings.video_bucket}.chunks"]
-    from bson import ObjectId
-
     assert chunks.count_documents({"files_id": ObjectId(info.id)}) == 8
     storage_service.files.Delete(storage_pb2.DeleteRequest(bucket=VIDEOS, file_id=info.id, owner_id="d"))
     assert chunks.count_documents({"files_id": ObjectId(info.id)}) == 0
