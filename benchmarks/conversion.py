@@ -124,7 +124,8 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
         title="Conversion",
         baseline="`ffmpeg -nostdin -y -i IN -vn -c:a libmp3lame -b:a 192k OUT.mp3` (Debian's ffmpeg), "
         "each run a fresh process like ours (`python -m benchmarks.adapter IN OUT`, which calls "
-        "`converter.transcode.Transcoder`: PyAV decode → lameenc encode, 192 kb/s CBR).",
+        "`converter.transcode.Transcoder`: PyAV decode → lameenc encode, 192 kb/s CBR, with the "
+        "converter's default of one LAME encoder per core, joined segment by segment).",
         columns=[
             "input",
             "ffmpeg time",

@@ -31,6 +31,7 @@ class Settings:
     mp3_vbr: bool = False
     mp3_vbr_quality: int = 2
     mp3_encoder: str = "lameenc"
+    mp3_encoder_threads: int = 0  # 0: one per available core (at most 4)
     max_duration_seconds: float = 4 * 3600.0
     tmp_dir: str = ""
     # Largest video spooled to disk, and free space always left in tmp_dir.
@@ -63,6 +64,7 @@ class Settings:
             mp3_vbr=env_bool("MP3_VBR", False, env),
             mp3_vbr_quality=env_int("MP3_VBR_QUALITY", 2, env),
             mp3_encoder=env_str("MP3_ENCODER", "lameenc", env),
+            mp3_encoder_threads=env_int("MP3_ENCODER_THREADS", 0, env),
             max_duration_seconds=env_float("MAX_DURATION_SECONDS", 4 * 3600.0, env),
             tmp_dir=env_str("TMP_DIR", tempfile.gettempdir(), env),
             spool_max_bytes=env_int("CONVERTER_SPOOL_MAX_BYTES", 2 * 1024**3, env),
@@ -100,6 +102,7 @@ class Settings:
             vbr_quality=self.mp3_vbr_quality,
             max_duration_seconds=self.max_duration_seconds,
             encoder=self.mp3_encoder,
+            threads=self.mp3_encoder_threads,
             slowdown=self.slowdown,
         )
 

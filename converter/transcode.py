@@ -4,6 +4,9 @@ PyAV opens the file and demuxes only the chosen audio stream (the first default 
 track, else the first audio track); video packets are discarded by the demuxer and never
 decoded. Decoded audio is resampled to interleaved signed 16-bit PCM and encoded with
 ``lameenc`` (LAME bindings: the fast path); PyAV's libmp3lame encoder is the fallback.
+Decoding runs on a thread of its own; with more than one core, LAME encodes segments of
+the sound on several threads and their frames are joined into one stream
+(``converter.segments``).
 
     transcoder = Transcoder(path, title="holiday", options=EncodeOptions())
     for chunk in transcoder.chunks():   # an ID3v2 tag first, then MP3 frames
@@ -15,8 +18,10 @@ Bad input raises ``MediaError`` (a permanent failure) whose ``reason`` a person 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import math
 import os
 import queue
 import struct
@@ -24,12 +29,15 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import av
 import av.error
+
+from converter import mp3frames, segments
 
 log = logging.getLogger("converter.transcode")
 
@@ -38,6 +46,7 @@ MPEG1_RATES = (32000, 44100, 48000)
 MIN_CHUNK = 64 * 1024  # bytes gathered before a chunk is yielded
 PIPELINE_DEPTH = 32  # resampled frames between the decoding and the encoding thread
 MAX_BAD_PACKETS = 50  # packets that fail to decode before the file counts as corrupt
+MAX_AUTO_THREADS = 4  # encoder threads when not set: more gains little and costs a PCM buffer each
 CBR_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
 # Signatures of container formats we know; an unreadable file that has one is damaged,
@@ -104,6 +113,7 @@ class EncodeOptions:
     quality: int = 5  # LAME algorithm quality: 2 best … 7 fastest
     max_duration_seconds: float = 4 * 3600.0
     encoder: str = "lameenc"  # or "libmp3lame" (PyAV)
+    threads: int = 0  # LAME encoders running at once (lameenc only); 0: one per core, at most 4
     # Test-only: sleep this many seconds per second of audio, to make a long conversion.
     slowdown: float = 0.0
 
@@ -114,6 +124,28 @@ class EncodeOptions:
             raise ValueError("VBR quality must be 0 … 9")
         if self.encoder not in {"lameenc", "libmp3lame"}:
             raise ValueError("encoder must be lameenc or libmp3lame")
+        if self.threads < 0:
+            raise ValueError("encoder threads must be 0 (one per core) or more")
+
+    @property
+    def encoder_threads(self) -> int:
+        return self.threads or min(available_cores(), MAX_AUTO_THREADS)
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def output_rate(rate: int) -> int:
@@ -183,12 +215,27 @@ class _LameencEncoder:
         self._encoder = encoder
 
     def encode(self, frame: av.AudioFrame) -> bytes:
-        return bytes(
-            self._encoder.encode(bytes(frame.planes[0])[: frame.samples * 2 * frame.layout.nb_channels])
-        )
+        return self.encode_pcm(_pcm(frame).tobytes())
+
+    def encode_pcm(self, pcm: bytes) -> bytes:
+        return bytes(self._encoder.encode(pcm))
 
     def flush(self) -> bytes:
         return bytes(self._encoder.flush())
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A segment being encoded, and the pool its PCM buffer goes back to once it is done."""
+
+    future: Future[segments.Encoded]
+    segment: segments.Segment
+    buffers: segments.BufferPool
+
+
+def _pcm(frame: av.AudioFrame) -> memoryview:
+    """An interleaved s16 frame's samples, without a copy (its plane may be padded past them)."""
+    return memoryview(frame.planes[0])[: frame.samples * 2 * frame.layout.nb_channels]
 
 
 class _PyAVEncoder:
@@ -284,7 +331,11 @@ class Transcoder:
         if not audio:
             raise MediaError(Failure.NO_AUDIO, "the video has no sound track")
         default = [s for s in audio if s.disposition & av.stream.Disposition.default]
-        return (default or audio)[0]
+        chosen = (default or audio)[0]
+        for stream in self._container.streams:
+            if stream.index != chosen.index:
+                stream.discard = av.stream.Discard.all  # the demuxer skips their packets' data
+        return chosen
 
     def _declared_duration(self) -> float | None:
         stream = self._stream
@@ -323,35 +374,51 @@ class Transcoder:
             self.close()
 
     def _encode(self) -> Iterator[bytes]:
-        """Decoding (+ resampling) and encoding run on two threads joined by a small bounded
-        queue: PyAV and LAME both release the GIL, so on two cores the slower of the two
-        sets the pace instead of their sum. Memory stays bounded by the queue."""
+        """Decoding (+ resampling) runs on a thread of its own, joined to this one by a small
+        bounded queue. With one encoder thread, LAME encodes here, frame by frame; with
+        several, the decoding thread cuts the sound into segments that a pool of LAME
+        encoders works on at once, and this thread joins their frames in order. PyAV and
+        LAME release the GIL, so the threads run in parallel. Memory stays bounded: by the
+        queue, and by a fixed set of PCM buffers (one per encoder thread, plus one)."""
         items: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=PIPELINE_DEPTH)
         stop = threading.Event()
+        threads = self.options.encoder_threads if self.options.encoder == "lameenc" else 1
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lame") if threads > 1 else None
 
-        def put(item: tuple[str, object]) -> bool:
+        def put(item: tuple[str, object]) -> None:
             while not stop.is_set():
                 try:
                     items.put(item, timeout=0.1)
-                    return True
+                    return
                 except queue.Full:
                     continue
-            return False
+            raise segments.Stopped
 
         def produce() -> None:
             try:
-                for item in self._resampled():
-                    if not put(("item", item)):
-                        return
+                source = self._resampled()
+                encoder = next(source)
+                assert isinstance(encoder, _LameencEncoder | _PyAVEncoder)
+                if pool is not None and isinstance(encoder, _LameencEncoder):
+                    self._produce_segments(source, pool, threads, stop, put)
+                else:
+                    put(("encoder", encoder))
+                    for frame in source:
+                        assert isinstance(frame, av.AudioFrame)
+                        self._count(frame)
+                        put(("frame", frame))
                 put(("end", None))
+            except segments.Stopped:
+                return
             except BaseException as error:  # noqa: BLE001 - handed over to the consuming thread
-                put(("error", error))
+                with contextlib.suppress(segments.Stopped):
+                    put(("error", error))
 
         producer = threading.Thread(target=produce, name="decode", daemon=True)
         producer.start()
+        joiner = segments.Joiner()
         try:
             encoder: _LameencEncoder | _PyAVEncoder | None = None
-            limit_samples = 0
             while True:
                 kind, value = items.get()
                 if kind == "error":
@@ -359,21 +426,77 @@ class Transcoder:
                     raise value
                 if kind == "end":
                     break
-                if encoder is None:
+                self._check_stop()
+                if kind == "encoder":
                     assert isinstance(value, _LameencEncoder | _PyAVEncoder)
                     encoder = value
-                    limit_samples = int(self.options.max_duration_seconds * self.out_rate)
                     continue
-                assert isinstance(value, av.AudioFrame)
-                yield from self._encode_frame(encoder, value)
-                if self.samples_out > limit_samples:
-                    raise self._too_long(self.samples_out / self.out_rate)
-            assert encoder is not None
-            yield encoder.flush()
+                if kind == "frame":
+                    assert encoder is not None and isinstance(value, av.AudioFrame)
+                    data = encoder.encode(value)
+                else:
+                    assert isinstance(value, _InFlight)
+                    encoded = value.future.result()
+                    value.buffers.give(value.segment.buffer)
+                    data = joiner.add(encoded)
+                if data:
+                    yield data
+            if encoder is not None:
+                yield encoder.flush()
             self._check_complete()
+            if joiner.stats.joins:
+                log.debug("segments joined", extra={"joins": joiner.stats.joins, "exact": joiner.stats.exact})
         finally:
             stop.set()
             producer.join()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _produce_segments(
+        self,
+        source: Iterator[object],
+        pool: ThreadPoolExecutor,
+        threads: int,
+        stop: threading.Event,
+        put: Callable[[tuple[str, object]], None],
+    ) -> None:
+        """On the decoding thread: cut the PCM into segments and submit them to ``pool``."""
+        rate, channels, options = self.out_rate, self.out_channels, self.options
+        self.encoder_name = f"{self.encoder_name} x{threads}"
+
+        def make() -> _LameencEncoder:
+            return _LameencEncoder(rate, channels, options)
+
+        expected = (
+            None if self._declared is None else int(self._declared * rate / mp3frames.SAMPLES_PER_FRAME)
+        )
+        length = segments.segment_frames(expected, threads)
+        frame_bytes = mp3frames.SAMPLES_PER_FRAME * 2 * channels
+        buffers = segments.BufferPool(threads + 1, segments.buffer_bytes(frame_bytes, length), stop)
+        segmenter = segments.Segmenter(frame_bytes, length, buffers)
+
+        def submit(segment: segments.Segment) -> None:
+            put(("segment", _InFlight(pool.submit(segments.encode_segment, make, segment), segment, buffers)))
+
+        for frame in source:
+            assert isinstance(frame, av.AudioFrame)
+            self._count(frame)
+            for segment in segmenter.feed(_pcm(frame)):
+                submit(segment)
+        submit(segmenter.finish())
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("conversion stopped")
+
+    def _count(self, frame: av.AudioFrame) -> None:
+        """Account for a decoded frame (on the decoding thread), before it is encoded."""
+        self._check_stop()
+        self.samples_out += frame.samples
+        if self.samples_out > self.options.max_duration_seconds * self.out_rate:
+            raise self._too_long(self.samples_out / self.out_rate)
+        if self.options.slowdown > 0:
+            time.sleep(self.options.slowdown * frame.samples / self.out_rate)
 
     def _resampled(self) -> Iterator[_LameencEncoder | _PyAVEncoder | av.AudioFrame]:
         """The encoder to use (first), then decoded audio in the encoder's PCM format."""
@@ -400,16 +523,6 @@ class Transcoder:
                 )
             raise MediaError(Failure.SILENT, "the sound track is empty (no audio could be decoded)")
         yield from resampler.resample(None)
-
-    def _encode_frame(self, encoder: _LameencEncoder | _PyAVEncoder, frame: av.AudioFrame) -> Iterator[bytes]:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("conversion stopped")
-        self.samples_out += frame.samples
-        if self.options.slowdown > 0:
-            time.sleep(self.options.slowdown * frame.samples / self.out_rate)
-        data = encoder.encode(frame)
-        if data:
-            yield data
 
     def _decoded_frames(self) -> Iterator[av.AudioFrame]:
         bad = 0
