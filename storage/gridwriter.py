@@ -2,9 +2,10 @@
 
 pymongo's ``GridIn`` gathers up to 32 MiB of chunks in memory before its first insert, so
 a file below that size would sit whole in the storage process. This writer keeps at most
-``batch_bytes`` (1 MiB by default) plus one chunk per upload, and the chunks reach the
-database while the client is still sending. The file document (which makes the file
-visible) is written last, so an unfinished upload is never readable; ``abort`` removes
+``IN_FLIGHT`` + 1 batches of ``batch_bytes`` (1 MiB by default) plus one chunk per upload,
+and the chunks reach the database while the client is still sending (on threads of their
+own, so receiving and writing overlap). The file document (which makes the file visible)
+is written last, so an unfinished upload is never readable; ``abort`` removes
 the chunks already written.
 
 Each chunk's ``_id`` is made from the file's id and the chunk's number (``chunk_id``), so a
@@ -16,6 +17,8 @@ primary key (FerretDB's SQLite back end scans the whole collection for any other
 
 from __future__ import annotations
 
+import queue
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +27,17 @@ from pymongo.collection import Collection
 
 from storage.mongo import chunk_id, now
 
+IN_FLIGHT = 2  # batches handed to the writing threads and not yet written
+WRITERS = 2  # threads writing batches at once (the server decodes them in parallel)
+
 
 class GridWriter:
+    """One file being written. The database writes run on ``WRITERS`` threads of their own,
+    at most ``IN_FLIGHT`` batches behind ``write``: receiving the next bytes overlaps
+    writing the last ones (and the server decodes two batches at once), and a database
+    error surfaces at the next ``write`` or at ``close``. Chunks are independent documents,
+    so the order in which batches land does not matter; the file document comes last."""
+
     def __init__(
         self,
         files: Collection,
@@ -48,8 +60,13 @@ class GridWriter:
         self._pending: list[dict[str, Any]] = []
         self._pending_bytes = 0
         self._n = 0
+        self._batches: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=IN_FLIGHT)
+        self._writers: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self._aborting = False
 
     def write(self, data: bytes) -> None:
+        self._raise_if_failed()
         self._buffer += data
         self.length += len(data)
         if len(self._buffer) >= self.chunk_size:
@@ -63,11 +80,13 @@ class GridWriter:
             self._flush()
 
     def close(self) -> None:
-        """Write what is left and the file document."""
+        """Write what is left, wait for every chunk to be written, then the file document."""
         if self._buffer:
             self._add(bytes(self._buffer))
             self._buffer.clear()
         self._flush()
+        self._wait_for_writer()
+        self._raise_if_failed()
         self.upload_date = now()
         self.files.insert_one(
             {
@@ -82,8 +101,10 @@ class GridWriter:
 
     def abort(self) -> None:
         """Remove every chunk written so far (the file document was never written)."""
+        self._aborting = True  # batches still queued are dropped, not written
         self._pending.clear()
         self._buffer.clear()
+        self._wait_for_writer()
         for n in range(self._n):
             self.chunks.delete_one({"_id": chunk_id(self.id, n)})
 
@@ -95,7 +116,34 @@ class GridWriter:
         self._n += 1
 
     def _flush(self) -> None:
-        if self._pending:
-            self.chunks.insert_many(self._pending, ordered=True)
-            self._pending = []
-            self._pending_bytes = 0
+        if not self._pending:
+            return
+        if not self._writers:
+            self._writers = [
+                threading.Thread(target=self._write_batches, name="gridfs-writer", daemon=True)
+                for _ in range(WRITERS)
+            ]
+            for writer in self._writers:
+                writer.start()
+        self._batches.put(self._pending)  # waits while IN_FLIGHT batches are not written yet
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _write_batches(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self._error is None and not self._aborting:
+                try:
+                    self.chunks.insert_many(batch, ordered=True)
+                except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
+                    self._error = error
+
+    def _wait_for_writer(self) -> None:
+        for _ in self._writers:
+            self._batches.put(None)
+        for writer in self._writers:
+            writer.join()
+        self._writers = []
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error

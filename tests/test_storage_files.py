@@ -11,12 +11,15 @@ from functools import partial
 
 import gridfs
 import grpc
+import pymongo.errors
 import pytest
 from bson import ObjectId
 from video2mp3.storage.v1 import storage_pb2
 
 from storage.client import upload_requests
 from storage.files import clean_filename
+from storage.gridwriter import GridWriter
+from storage.mongo import chunk_id
 from tests.fixtures.storage import MIB, StorageHandle, sha256
 from tests.support import wait_for
 
@@ -42,7 +45,7 @@ def test_round_trip_is_byte_identical(storage_service: StorageHandle, size: int)
     got, body, sizes = storage_service.download(info.id, owner_id="7")
     assert body == data
     assert got.sha256 == info.sha256 and got.size == size and got.filename == "holiday.mp4"
-    # Chunks of the configured size (256 KiB), the last one possibly shorter.
+    # Chunks of the configured size (1 MiB by default), the last one possibly shorter.
     assert all(s == storage_service.settings.chunk_bytes for s in sizes[:-1])
     assert 0 < sizes[-1] <= storage_service.settings.chunk_bytes
 
@@ -81,13 +84,14 @@ def test_download_of_a_file_larger_than_one_database_reply(
 
 def test_storage_names_its_chunks_after_the_file(storage_service: StorageHandle) -> None:
     """Chunk n of file F has _id "F:n", so a chunk is one primary-key lookup on any server."""
-    info = storage_service.upload(os.urandom(MIB + 5), owner_id="c")
+    size = 4 * storage_service.settings.chunk_bytes + 5
+    info = storage_service.upload(os.urandom(size), owner_id="c")
     chunks = storage_service.db[f"{storage_service.settings.video_bucket}.chunks"]
     docs = list(chunks.find({"files_id": ObjectId(info.id)}, {"_id": 1, "n": 1}).sort("n", 1))
     assert [(d["_id"], d["n"]) for d in docs] == [(f"{info.id}:{n}", n) for n in range(5)]
     # And pymongo's GridFS reader reads the file as it reads any other.
     fs = gridfs.GridFSBucket(storage_service.db, storage_service.settings.video_bucket)
-    assert len(fs.open_download_stream(ObjectId(info.id)).read()) == MIB + 5
+    assert len(fs.open_download_stream(ObjectId(info.id)).read()) == size
 
 
 def test_delete_of_a_file_another_writer_made(storage_service: StorageHandle) -> None:
@@ -162,7 +166,7 @@ def test_other_owner_missing_and_malformed_ids(storage_service: StorageHandle) -
 
 
 def test_delete_removes_file_and_chunks(storage_service: StorageHandle) -> None:
-    info = storage_service.upload(os.urandom(2 * MIB), owner_id="d")
+    info = storage_service.upload(os.urandom(8 * storage_service.settings.chunk_bytes), owner_id="d")
     chunks = storage_service.db[f"{storage_service.settings.video_bucket}.chunks"]
     assert chunks.count_documents({"files_id": ObjectId(info.id)}) == 8
     storage_service.files.Delete(storage_pb2.DeleteRequest(bucket=VIDEOS, file_id=info.id, owner_id="d"))
@@ -278,7 +282,10 @@ def test_upload_interrupted_mid_stream_leaves_no_chunks(storage_service: Storage
     future = storage_service.files.Upload.future(iter(stream), timeout=timeout)
     assert stream.sent.wait(20)
     # The chunks really reached the database while the upload was in flight.
-    wait_for(lambda: storage_service.orphan_chunks() >= before + 8, timeout=20, what="chunks in flight")
+    in_flight = 3 * MIB // storage_service.settings.chunk_bytes - 1  # the last may wait in the buffer
+    wait_for(
+        lambda: storage_service.orphan_chunks() >= before + in_flight, timeout=20, what="chunks in flight"
+    )
     if how == "cancel":
         future.cancel()
     elif how == "client-error":
@@ -301,3 +308,22 @@ def test_filenames_are_cleaned(storage_service: StorageHandle) -> None:
     assert len(clean_filename("a" * 1000)) == 255
     info = storage_service.upload(b"x", filename="dir/../été vidéo.mp4")
     assert info.filename == "été vidéo.mp4"
+
+
+def test_a_failed_chunk_write_surfaces_and_the_abort_leaves_nothing(storage_service: StorageHandle) -> None:
+    """The writer's database writes run on threads of their own: a failure there (here a
+    real duplicate key on the server) is raised to the uploader, and abort removes the rest."""
+    name = storage_service.settings.video_bucket
+    files, chunks = storage_service.db[f"{name}.files"], storage_service.db[f"{name}.chunks"]
+    writer = GridWriter(
+        files, chunks, "dup.mp4", {"owner_id": "w"}, chunk_size=64 * 1024, batch_bytes=64 * 1024
+    )
+    chunks.insert_one({"_id": chunk_id(writer.id, 3), "files_id": "someone else", "n": 0})
+    with pytest.raises(pymongo.errors.BulkWriteError):  # E11000 duplicate key
+        for _ in range(40):
+            writer.write(os.urandom(64 * 1024))
+        writer.close()
+    writer.abort()
+    assert chunks.count_documents({"files_id": writer.id}) == 0
+    assert files.count_documents({"_id": writer.id}) == 0
+    chunks.delete_one({"_id": chunk_id(writer.id, 3)})

@@ -30,7 +30,10 @@ func main() {
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
 		Logger:    logger,
 		Handler:   "sqlite",
-		SQLiteURL: "file:" + *dataDir + "/",
+		// WAL (FerretDB's default) with synchronous=NORMAL: a commit no longer waits for
+		// an fsync, only checkpoints do; the database stays consistent after a crash and
+		// may lose the last commits, which a local development server can afford.
+		SQLiteURL: "file:" + *dataDir + "/?_pragma=synchronous(normal)",
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ferretdb-local: %v\n", err)
