@@ -19,6 +19,7 @@ from common.config import SettingsError, exit_on_settings_error
 from common.grpc_client import insecure_channel
 from common.logs import setup_logging
 from common.worker_health import start_health_server
+from converter import memory
 from converter.settings import Settings
 from converter.worker import Converter
 
@@ -26,6 +27,7 @@ log = logging.getLogger("converter")
 
 
 def main() -> int:
+    memory.limit_arenas()
     setup_logging("converter")
     try:
         settings = Settings.from_env()

@@ -42,6 +42,7 @@ from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from converter import memory
 from converter.settings import Settings
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 
@@ -409,12 +410,14 @@ class Converter:
         spool = self._spool_path(request)
         try:
             self._download(request, spool)
+            memory.release_free_memory()
             transcoder = Transcoder(
                 spool, title_from_filename(request.filename), self.options, should_stop=self.abort.is_set
             )
             return self._upload(request, transcoder)
         finally:
             spool.unlink(missing_ok=True)
+            memory.release_free_memory()
 
     def _spool_path(self, request: events_pb2.ConversionRequested) -> Path:
         directory = Path(self.settings.tmp_dir)
