@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks import media
 from benchmarks.conversion import ffmpeg_command
-from benchmarks.measure import Progress, median, run_child
+from benchmarks.measure import CpuMeter, Progress, median, run_child
 from benchmarks.report import Section, Target, seconds
 from benchmarks.system import Client, System, SystemUnavailable, work_dir
 
@@ -47,7 +47,9 @@ QUICK = Plan(
 @dataclass
 class Results:
     ffmpeg_batch: list[float] = field(default_factory=list)
+    ffmpeg_batch_cpu: list[float] = field(default_factory=list)
     system_batch: list[float] = field(default_factory=list)
+    system_batch_cpu: list[dict[str, float]] = field(default_factory=list)  # process → CPU seconds
     stages: dict[str, list[float]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)
     ffmpeg_clip: list[float] = field(default_factory=list)
@@ -63,7 +65,8 @@ def xargs_command(list_file: Path, out_dir: Path) -> list[str]:
     return ["xargs", "-0", "-a", str(list_file), "-n1", f"-P{CONVERTERS}", "sh", "-c", script, str(out_dir)]
 
 
-def ffmpeg_batch(files: list[Path], work: Path) -> float:
+def ffmpeg_batch(files: list[Path], work: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (xargs and every ffmpeg it ran)."""
     out_dir = Path(tempfile.mkdtemp(prefix="xargs-", dir=work))
     list_file = out_dir / "files.list"
     list_file.write_bytes(b"".join(bytes(f) + b"\0" for f in files))
@@ -74,14 +77,16 @@ def ffmpeg_batch(files: list[Path], work: Path) -> float:
         made = len(list(out_dir.glob("*.mp3")))
         if made != len(files):
             raise RuntimeError(f"xargs ffmpeg made {made} MP3s of {len(files)}")
-        return run.wall_seconds
+        return run.wall_seconds, run.user_seconds + run.system_seconds
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def system_batch(system: System, client: Client, files: list[Path]) -> float:
-    """First upload starts → last of the batch's emails is in the sink's mail directory."""
+def system_batch(system: System, client: Client, files: list[Path]) -> tuple[float, dict[str, float]]:
+    """First upload starts → last of the batch's emails is in the sink's mail directory; and
+    the CPU seconds each process used meanwhile."""
     emails_before = system.emails()
+    meter = CpuMeter(system.all_pids()).start()
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = list(pool.map(lambda path: client.upload(path), files))
@@ -92,10 +97,11 @@ def system_batch(system: System, client: Client, files: list[Path]) -> float:
             raise TimeoutError(f"{system.emails() - emails_before} of {len(files)} emails after 30 min")
         time.sleep(0.1)
     took = time.perf_counter() - began
+    cpu = meter.stop()
     failed = [j for j in (client.job(str(b["job_id"])) for b in jobs) if client.state(j) != "succeeded"]
     if failed:
         raise RuntimeError(f"{len(failed)} job(s) of the batch did not succeed: {failed[:2]}")
-    return took
+    return took, cpu
 
 
 def clip_latency(system: System, client: Client, clip: Path) -> dict[str, float]:
@@ -155,9 +161,13 @@ def measure(system: System, plan: Plan, runs: int, cache: Path, work: Path, prog
         for who in order:
             with progress.step(f"end-to-end · batch of {plan.count} · {who} · run {index + 1}/{runs}"):
                 if who == "ffmpeg":
-                    results.ffmpeg_batch.append(ffmpeg_batch(files, work))
+                    took, cpu_seconds = ffmpeg_batch(files, work)
+                    results.ffmpeg_batch.append(took)
+                    results.ffmpeg_batch_cpu.append(cpu_seconds)
                 else:
-                    results.system_batch.append(system_batch(system, client, files))
+                    took, cpu = system_batch(system, client, files)
+                    results.system_batch.append(took)
+                    results.system_batch_cpu.append(cpu)
     for index in range(runs):
         with progress.step(f"end-to-end · latency of {plan.clip.label} · run {index + 1}/{runs}"):
             stages = clip_latency(system, client, clip)
@@ -169,6 +179,27 @@ def measure(system: System, plan: Plan, runs: int, cache: Path, work: Path, prog
             raise RuntimeError(f"ffmpeg failed on the clip: {run.stderr[-2000:]}")
         results.ffmpeg_clip.append(run.wall_seconds)
     return results
+
+
+def cpu_note(results: Results, plan: Plan) -> str:
+    """Where the batch's CPU went (the run with the median time), against ffmpeg's."""
+    ordered = sorted(range(len(results.system_batch)), key=lambda i: results.system_batch[i])
+    cpu = results.system_batch_cpu[ordered[len(ordered) // 2]]
+    groups: dict[str, float] = {}
+    for name, seconds_used in cpu.items():
+        key = "converters" if name.startswith("converter") else name
+        groups[key] = groups.get(key, 0.0) + seconds_used
+    total = sum(groups.values())
+    parts = ", ".join(
+        f"{name} {value:.0f} s" for name, value in sorted(groups.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"CPU used during the batch (median run): {total:.0f} CPU-seconds in all ({parts}); the "
+        f"xargs ffmpeg batch used {median(results.ffmpeg_batch_cpu):.0f}. The system also moves every "
+        f"video twice through the MongoDB-compatible server (HTTP upload into GridFS, then the "
+        f"converter's download from it): {plan.count} files of "
+        f"{plan.video.label}."
+    )
 
 
 def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
@@ -216,6 +247,7 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
             ratio <= BATCH_TARGET,
         )
     )
+    section.notes.append(cpu_note(results, plan))
     section.notes += [
         f"Batch: {media_total / ours:.0f} media seconds per wall second through the system, "
         f"{media_total / base:.0f} with xargs ffmpeg. System time runs from the first upload's start "

@@ -108,6 +108,33 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (0 for a gone process)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{member}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each named process (tree) used between ``start`` and ``stop``."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._began: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self._began = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) - self._began[name] for name, pid in self.pids.items()}
+
+
 @dataclass
 class PeakRss:
     """Highest VmHWM seen for one service: of a single process of its tree, and which."""

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -200,6 +201,16 @@ class System:
 
     def pids(self, *names: str) -> dict[str, int]:
         return {name: self.processes[name].pid for name in names}
+
+    def all_pids(self) -> dict[str, int]:
+        """Every service process, and the local MongoDB-compatible server when infra runs one."""
+        found = {name: process.pid for name, process in self.processes.items()}
+        pid_file = Path(self.infra.env["INFRA_DIR"]) / "ferretdb.pid"  # dev/defaults.env always sets it
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+            found["ferretdb"] = pid
+        return found
 
     def purge(self, queue: str = "video") -> None:
         """Drop queued messages (uploads made only to measure streaming are never converted)."""

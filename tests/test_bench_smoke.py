@@ -101,7 +101,8 @@ def test_xargs_ffmpeg_baseline_converts_every_file(tmp_path: Path) -> None:
     from benchmarks import end_to_end
 
     files = media.make_batch(TINY, 3, tmp_path)
-    assert end_to_end.ffmpeg_batch(files, tmp_path) > 0
+    wall, cpu = end_to_end.ffmpeg_batch(files, tmp_path)
+    assert wall > 0 and cpu > 0
 
 
 @pytest.mark.slow
@@ -114,3 +115,5 @@ def test_system_sections_run_on_tiny_inputs(tmp_path: Path) -> None:
         section = run(runs=1, quick=True, cache=tmp_path, progress=progress)
         assert not section.not_run, section.not_run
         assert section.rows and section.targets
+    cpu_notes = [note for note in section.notes if note.startswith("CPU used during the batch")]
+    assert cpu_notes and "converters" in cpu_notes[0] and "gateway" in cpu_notes[0]
