@@ -14,12 +14,12 @@ import logging
 import signal
 import threading
 
+from common import memory
 from common.amqp import Consumer, Publisher
 from common.config import SettingsError, exit_on_settings_error
 from common.grpc_client import insecure_channel
 from common.logs import setup_logging
 from common.worker_health import start_health_server
-from converter import memory
 from converter.settings import Settings
 from converter.worker import Converter
 

@@ -41,8 +41,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
+from common import memory
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
-from converter import memory
 from converter.settings import Settings
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common import memory
 from common.config import SettingsError, exit_on_settings_error
 from common.grpc_server import serve_forever
 from common.logs import setup_logging
@@ -10,6 +11,7 @@ from storage.settings import Settings
 
 
 def main() -> None:
+    memory.limit_arenas()
     setup_logging("storage")
     try:
         settings = Settings.from_env()

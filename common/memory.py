@@ -1,10 +1,12 @@
-"""The converter's native memory: glibc's allocator, told to keep less.
+"""Native memory of the services that stream big files (storage, converter): glibc's
+allocator, told to keep less.
 
-A conversion allocates on several threads (decoding, LAME encoders, gRPC), and glibc
-gives each thread an arena of its own and keeps what is freed in it for later. Two
-arenas are enough for the work here, and the memory freed by a job is handed back to
-the kernel when it ends, so a long job does not leave the process bigger for the next.
-Both do nothing where the C library is not glibc.
+They allocate on many threads (gRPC streams, database writers, decoding, LAME encoders),
+and glibc gives threads arenas of their own (up to 8 per core) and keeps what is freed in
+each for later, so a process's peak grew with the length of its streams. Two arenas are
+enough for this work (measured: storage stays at the same peak for a 32 MiB and a 1 GiB
+file, instead of growing by 20 MiB), and ``release_free_memory`` hands what a finished
+job freed back to the kernel. Both do nothing where the C library is not glibc.
 """
 
 from __future__ import annotations
