@@ -56,12 +56,15 @@ manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.3
 	@$(PY) -m pytest -q -p no:cacheprovider tests/test_manifests.py
 
 .PHONY: test
-test: infra k8s-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
+test: infra k8s-tools bench-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
-.PHONY: bench
-bench: infra ## measure vs baselines, write BENCHMARKS.md (QUICK=1: tiny check run; BENCH_ARGS=--help)
+.PHONY: bench-tools
+bench-tools: ## install Debian's ffmpeg, the benchmarks' baseline (fast when done)
 	@bash benchmarks/install.sh
+
+.PHONY: bench
+bench: infra bench-tools ## measure vs baselines, write BENCHMARKS.md (QUICK=1: tiny check run; BENCH_ARGS=--help)
 	@$(PY) -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 .PHONY: up

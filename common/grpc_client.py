@@ -18,6 +18,9 @@ def insecure_channel(address: str) -> grpc.Channel:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 1),
+            # A fixed per-stream window instead of one grown by bandwidth-delay probing:
+            # see create_server in common/grpc_server.py.
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
 

@@ -163,7 +163,12 @@ ferret_build() {
   (
     cd "$build"
     GOFLAGS=-mod=mod go mod vendor
-    for patch in "$ROOT"/dev/ferretdb/patches/*.patch; do git apply "$patch"; done
+    # (git apply outside any repository, even if TMPDIR lies inside one; --check first so a
+    # patch that no longer applies stops the build instead of being skipped)
+    for patch in "$ROOT"/dev/ferretdb/patches/*.patch; do
+      GIT_CEILING_DIRECTORIES="$(dirname "$build")" git apply --check "$patch"
+      GIT_CEILING_DIRECTORIES="$(dirname "$build")" git apply "$patch"
+    done
     go build -mod=vendor -trimpath -o "$ferret_bin.tmp" .
   ) || { rm -rf "$build"; log "building FerretDB failed"; exit 1; }
   rm -rf "$build"
