@@ -160,16 +160,15 @@ ferret_build() {
   local build
   build="$(mktemp -d)"
   cp "$ROOT/dev/ferretdb/go.mod" "$ROOT/dev/ferretdb/go.sum" "$ROOT/dev/ferretdb/main.go" "$build/"
+  # (set -e does not act inside a subshell followed by ||: every step says `|| exit 1`.
+  # git apply runs outside any repository, even if TMPDIR lies inside one, and applies a
+  # patch whole or not at all: one that no longer applies stops the build.)
   (
-    cd "$build"
-    GOFLAGS=-mod=mod go mod vendor
-    # (git apply outside any repository, even if TMPDIR lies inside one; --check first so a
-    # patch that no longer applies stops the build instead of being skipped)
-    for patch in "$ROOT"/dev/ferretdb/patches/*.patch; do
-      GIT_CEILING_DIRECTORIES="$(dirname "$build")" git apply --check "$patch"
-      GIT_CEILING_DIRECTORIES="$(dirname "$build")" git apply "$patch"
-    done
-    go build -mod=vendor -trimpath -o "$ferret_bin.tmp" .
+    cd "$build" || exit 1
+    GOFLAGS=-mod=mod go mod vendor || exit 1
+    export GIT_CEILING_DIRECTORIES="${build%/*}"
+    for patch in "$ROOT"/dev/ferretdb/patches/*.patch; do git apply "$patch" || exit 1; done
+    go build -mod=vendor -trimpath -o "$ferret_bin.tmp" . || exit 1
   ) || { rm -rf "$build"; log "building FerretDB failed"; exit 1; }
   rm -rf "$build"
   mv "$ferret_bin.tmp" "$ferret_bin"
