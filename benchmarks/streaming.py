@@ -294,8 +294,9 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
     section.notes.append(
         "The converter's peak still grows with an MP4's duration: FFmpeg's MP4 demuxer keeps an "
         "index entry for every packet of every track (the 60-minute file has about 210,000), "
-        "which the standalone conversion in section 1 shows as about 6 MiB over the 10-minute "
-        "file's peak, both with the pipeline's buffers at full size."
+        "built when the file is opened; section 1's standalone conversions show it too (the "
+        "60-minute file's peak over the 10-minute file's, both with the pipeline's buffers at "
+        "full size)."
     )
     section.notes.append(
         "Peak RSS = the highest VmHWM of one process of the service (gunicorn: master or a worker), "

@@ -23,7 +23,9 @@ from storage.mongo import Mongo, chunk_id, parse_id, timestamp, unavailable_on_m
 log = logging.getLogger("storage.files")
 
 MAX_FILENAME = 255
-CHUNK_DOCS_PER_BATCH = 8  # chunk documents per round trip to the database (2 MiB at 255 KiB)
+# Chunk documents per round trip when reading another writer's file by query (2 MiB at
+# GridFS's usual 255 KiB chunks; storage's own files are read chunk by chunk, by _id).
+CHUNK_DOCS_PER_BATCH = 8
 MAX_OWNER_ID = 128
 DEFAULT_CONTENT_TYPE: dict[int, str] = {
     storage_pb2.BUCKET_VIDEOS: "application/octet-stream",

@@ -85,7 +85,7 @@ class GridWriter:
             self._add(bytes(self._buffer))
             self._buffer.clear()
         self._flush()
-        self._wait_for_writer()
+        self._stop_writers()
         self._raise_if_failed()
         self.upload_date = now()
         self.files.insert_one(
@@ -104,7 +104,7 @@ class GridWriter:
         self._aborting = True  # batches still queued are dropped, not written
         self._pending.clear()
         self._buffer.clear()
-        self._wait_for_writer()
+        self._stop_writers()
         for n in range(self._n):
             self.chunks.delete_one({"_id": chunk_id(self.id, n)})
 
@@ -137,7 +137,7 @@ class GridWriter:
                 except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
                     self._error = error
 
-    def _wait_for_writer(self) -> None:
+    def _stop_writers(self) -> None:
         for _ in self._writers:
             self._batches.put(None)
         for writer in self._writers:
