@@ -16,7 +16,7 @@ from gateway import errors, metrics
 from gateway.clients import EXTENSION, Clients
 from gateway.settings import Settings
 from gateway.sweeper import Sweeper
-from gateway.views import identity, media, ops
+from gateway.views import download, identity, jobs, ops, upload
 
 log = logging.getLogger("gateway.http")
 
@@ -82,5 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register_error_handlers(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(identity.bp)
-    app.register_blueprint(media.bp)
+    app.register_blueprint(upload.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(download.bp)
     return app

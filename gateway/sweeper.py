@@ -23,7 +23,7 @@ from video2mp3.storage.v1 import jobs_pb2
 from common.amqp import RK_REQUESTED, PublishError
 from gateway.clients import Clients
 from gateway.settings import Settings
-from gateway.views.media import conversion_requested
+from gateway.views.upload import conversion_requested
 
 log = logging.getLogger("gateway.sweeper")
 
