@@ -38,6 +38,8 @@ EXCHANGE = "video2mp3"
 RK_REQUESTED = "conversion.requested"
 RK_SUCCEEDED = "conversion.succeeded"
 RK_FAILED = "conversion.failed"
+# JobChanged events of storage: "job.changed.<owner_id>" (no durable queue; see storage/events.py).
+JOB_CHANGED = "job.changed"
 CONTENT_TYPE = "application/x-protobuf"
 ATTEMPT_HEADER = "x-attempt"
 

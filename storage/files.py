@@ -17,8 +17,8 @@ from gridfs import GridOut
 from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.gridwriter import GridWriter
-from storage.jobs import TERMINAL
-from storage.mongo import Mongo, chunk_id, parse_id, timestamp, unavailable_on_mongo_error
+from storage.lifecycle import SUCCEEDED, TERMINAL
+from storage.mongo import Mongo, chunk_id, now, parse_id, timestamp, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.files")
 
@@ -75,6 +75,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         A missing file and another owner's file look the same: NOT_FOUND."""
         store = self._bucket(bucket, context)
         oid = parse_id(file_id, "file_id", context)
+        if bucket == storage_pb2.BUCKET_MP3S and self._expired(oid, owner_id):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the file expired")
         try:
             grid_out = store.open_download_stream(oid)
         except gridfs.errors.NoFile:
@@ -85,6 +87,16 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             grid_out.close()
             context.abort(grpc.StatusCode.NOT_FOUND, "file not found")
         return grid_out
+
+    def _expired(self, oid: ObjectId, owner_id: str) -> bool:
+        """An MP3 of a job whose MP3 retention ran out (whether or not the sweeper removed it yet)."""
+        job = self.mongo.jobs.find_one(
+            {"mp3_id": str(oid), "state": SUCCEEDED}, {"owner_id": 1, "expired": 1, "expires_at": 1}
+        )
+        if job is None or (owner_id and job.get("owner_id") != owner_id):
+            return False
+        expires_at = job.get("expires_at")
+        return bool(job.get("expired")) or (expires_at is not None and expires_at <= now())
 
     # -- RPCs
     def Upload(

@@ -1,44 +1,32 @@
-"""JobService: conversion job records in one MongoDB collection.
-
-Every state change is one conditional ``find_one_and_update`` filtered on the expected
-state, so of two workers racing for the same job exactly one wins; the other gets
-FAILED_PRECONDITION. Finished jobs (SUCCEEDED, FAILED) never change state again.
-
-On MongoDB that update is atomic, whatever the number of storage replicas. FerretDB 1.x
-(the local MongoDB-compatible server, SQLite handler) runs findAndModify as a query
-followed by a separate write, so two concurrent calls can both match: the service
-therefore also serialises the conditional updates of one job inside the process (striped
-locks). With FerretDB, run a single storage replica; with MongoDB, any number.
+"""JobService: the gRPC face of the job records (storage/jobstore.py) and their lifecycle
+(storage/lifecycle.py). Every change of a job is one call here, exact across storage
+processes on MongoDB and on the local FerretDB (storage/guard.py says how).
 
 At most one MP3 per job: MP3s uploaded with a ``job_id`` carry it in their metadata. When
-a job reaches a finished state, every MP3 of that job other than its ``mp3_id`` is removed
-(the output of a worker that lost the race, or of one that died before recording it), and
-an MP3 upload that completes after its job finished is refused and removed.
+a job finishes, every MP3 of that job other than its ``mp3_id`` is removed (the output of
+a converter that lost the job, or of a cancelled one), and an MP3 upload that completes
+after its job finished is refused and removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
-import zlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import grpc
 import pymongo
-import pymongo.errors
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2
 
-from storage.mongo import Mongo, now, parse_id, timestamp, unavailable_on_mongo_error
+from storage import lifecycle
+from storage.guard import Busy, JobMissing
+from storage.jobstore import BadPageToken, JobStore, to_job
+from storage.lifecycle import FAILED, QUEUED, STATES, SUCCEEDED, TERMINAL, Refused, state_name
+from storage.mongo import Mongo, now, parse_id, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.jobs")
-
-QUEUED = jobs_pb2.JOB_STATE_QUEUED
-CONVERTING = jobs_pb2.JOB_STATE_CONVERTING
-SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
-FAILED = jobs_pb2.JOB_STATE_FAILED
-TERMINAL = frozenset({SUCCEEDED, FAILED})
-STATES = frozenset({QUEUED, CONVERTING, SUCCEEDED, FAILED})
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 500
@@ -46,59 +34,42 @@ DEFAULT_STALE_LIMIT = 100
 MAX_STALE_LIMIT = 1000
 MAX_REASON = 1000
 MAX_TEXT = 320
+MAX_WORKER_ID = 200
 
 
-def state_name(state: int) -> str:
-    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()  # type: ignore[arg-type]
-
-
-def to_job(doc: dict[str, Any]) -> jobs_pb2.Job:
-    return jobs_pb2.Job(
-        id=str(doc["_id"]),
-        owner_id=doc.get("owner_id", ""),
-        owner_email=doc.get("owner_email", ""),
-        video_id=doc.get("video_id", ""),
-        filename=doc.get("filename", ""),
-        state=doc.get("state", 0),
-        attempts=int(doc.get("attempts", 0)),
-        mp3_id=doc.get("mp3_id", ""),
-        failure_reason=doc.get("failure_reason", ""),
-        notified=bool(doc.get("notified", False)),
-        created_at=timestamp(doc.get("created_at")),
-        updated_at=timestamp(doc.get("updated_at")),
-        duration_seconds=float(doc.get("duration_seconds", 0.0)),
-    )
-
-
-def reconcile_job_mp3s(mongo: Mongo, doc: dict[str, Any]) -> None:
-    """Remove the MP3s tagged with a finished job except the one the job names."""
-    if doc.get("state") not in TERMINAL:
-        return
-    keep = doc.get("mp3_id", "")
-    files = mongo.files(storage_pb2.BUCKET_MP3S)
-    for extra in files.find({"metadata.job_id": str(doc["_id"])}, {"_id": 1}):
-        if str(extra["_id"]) == keep:
-            continue
-        if mongo.delete_file(storage_pb2.BUCKET_MP3S, extra["_id"]):
-            log.info("removed a surplus MP3", extra={"job_id": str(doc["_id"]), "file_id": str(extra["_id"])})
+@contextlib.contextmanager
+def lifecycle_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    with unavailable_on_mongo_error(context):
+        try:
+            yield
+        except JobMissing:
+            context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
+        except Refused as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except Busy:
+            context.abort(grpc.StatusCode.ABORTED, "the job is being changed by others; try again")
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    def __init__(self, mongo: Mongo, lock_stripes: int = 64) -> None:
+    def __init__(self, mongo: Mongo, store: JobStore) -> None:
         self.mongo = mongo
-        self._locks = [threading.Lock() for _ in range(lock_stripes)]
-
-    def _lock(self, job_id: str) -> threading.Lock:
-        """Serialises the conditional updates of one job in this process (see the module doc)."""
-        return self._locks[zlib.crc32(job_id.encode()) % len(self._locks)]
+        self.store = store
 
     def _find(self, job_id: str, owner_id: str, context: grpc.ServicerContext) -> dict[str, Any]:
         oid = parse_id(job_id, "job_id", context)
-        doc = self.mongo.jobs.find_one({"_id": oid})
+        doc = self.store.find(oid)
         if doc is None or (owner_id and doc.get("owner_id") != owner_id):
             context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
         assert doc is not None
         return doc
+
+    @staticmethod
+    def _worker(worker_id: str, context: grpc.ServicerContext, required: bool = True) -> str:
+        if (required and not worker_id) or len(worker_id) > MAX_WORKER_ID:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "a worker id of at most 200 characters is required"
+            )
+        return worker_id
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
@@ -128,18 +99,23 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 "failure_reason": "",
                 "notified": False,
                 "duration_seconds": 0.0,
+                "version": 0,
                 "created_at": created,
                 "updated_at": created,
             }
             doc["_id"] = self.mongo.jobs.insert_one(doc).inserted_id
+            self.store.changed(doc)
+            job = self.store.view(doc)
         log.info("job created", extra={"job_id": str(doc["_id"]), "video_id": request.video_id})
-        return jobs_pb2.CreateJobResponse(job=to_job(doc))
+        return jobs_pb2.CreateJobResponse(job=job)
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
         with unavailable_on_mongo_error(context):
-            return jobs_pb2.GetJobResponse(job=to_job(self._find(request.job_id, request.owner_id, context)))
+            return jobs_pb2.GetJobResponse(
+                job=self.store.view(self._find(request.job_id, request.owner_id, context))
+            )
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -150,16 +126,116 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
         limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         with unavailable_on_mongo_error(context):
-            cursor = (
-                self.mongo.jobs.find({"owner_id": request.owner_id})
-                .sort([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)])
-                .limit(limit)
-            )
-            return jobs_pb2.ListJobsResponse(jobs=[to_job(doc) for doc in cursor])
+            try:
+                jobs, token = self.store.page(request.owner_id, limit, request.page_token)
+            except BadPageToken as error:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
+    # -- the lifecycle
+    def ClaimJob(
+        self, request: jobs_pb2.ClaimJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ClaimJobResponse:
+        worker = self._worker(request.worker_id, context)
+        oid = parse_id(request.job_id, "job_id", context)
+        if request.lease_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_seconds must not be negative")
+        with lifecycle_errors(context):
+            try:
+                doc, claimed = self.store.claim(oid, worker, request.take_over, request.lease_seconds)
+            except Refused:
+                doc, claimed = self.store.find(oid) or {"_id": oid}, False
+                if "state" not in doc:
+                    raise JobMissing(request.job_id) from None
+            if claimed:
+                log.info(
+                    "job claimed",
+                    extra={"job_id": request.job_id, "worker": worker, "attempts": doc.get("attempts")},
+                )
+            return jobs_pb2.ClaimJobResponse(job=to_job(doc), claimed=claimed)
+
+    def ReportProgress(
+        self, request: jobs_pb2.ReportProgressRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ReportProgressResponse:
+        worker = self._worker(request.worker_id, context)
+        oid = parse_id(request.job_id, "job_id", context)
+        if not 0.0 <= request.progress <= 1.0 or request.eta_seconds < 0 or request.lease_seconds < 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "progress must be in 0..1, eta and lease not negative"
+            )
+        with lifecycle_errors(context):
+            proceed, state = self.store.report(
+                oid, worker, request.progress, request.eta_seconds, request.lease_seconds
+            )
+        return jobs_pb2.ReportProgressResponse(proceed=proceed, state=state)  # type: ignore[arg-type]
+
+    def FinishJob(
+        self, request: jobs_pb2.FinishJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.FinishJobResponse:
+        worker = self._worker(request.worker_id, context)
+        if request.duration_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "duration_seconds must not be negative")
+        with lifecycle_errors(context):
+            job = self._find(request.job_id, "", context)
+            self._check_mp3(job, request.mp3_id, context)
+            doc = self.store.finish(job["_id"], worker, request.mp3_id, request.duration_seconds)
+        log.info("job succeeded", extra={"job_id": request.job_id, "mp3_id": request.mp3_id})
+        return jobs_pb2.FinishJobResponse(job=to_job(doc))
+
+    def FailJob(
+        self, request: jobs_pb2.FailJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.FailJobResponse:
+        self._worker(request.worker_id, context, required=False)
+        if len(request.reason) > MAX_REASON:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reason is too long")
+        oid = parse_id(request.job_id, "job_id", context)
+        with lifecycle_errors(context):
+            doc = self.store.fail(oid, request.worker_id, request.reason)
+        log.info("job failed", extra={"job_id": request.job_id, "reason": doc.get("failure_reason")})
+        return jobs_pb2.FailJobResponse(job=to_job(doc))
+
+    def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        with lifecycle_errors(context):
+            job = self._find(request.job_id, request.owner_id, context)
+            doc, cancelled = self.store.cancel(job["_id"])
+        if cancelled:
+            log.info("job cancelled", extra={"job_id": request.job_id})
+        return jobs_pb2.CancelJobResponse(job=to_job(doc), cancelled=cancelled)
+
+    def RemoveJob(
+        self, request: jobs_pb2.RemoveJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.RemoveJobResponse:
+        with lifecycle_errors(context):
+            self.store.remove(self._find(request.job_id, request.owner_id, context))
+        return jobs_pb2.RemoveJobResponse()
+
+    def ClaimNotification(
+        self, request: jobs_pb2.ClaimNotificationRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ClaimNotificationResponse:
+        notifier = self._worker(request.notifier_id, context)
+        oid = parse_id(request.job_id, "job_id", context)
+        with lifecycle_errors(context):
+            if request.release:
+                self.store.leases.release(f"notify:{oid}", notifier)
+                return jobs_pb2.ClaimNotificationResponse()
+            doc, claimed, held = self.store.claim_notification(oid, notifier, request.lease_seconds)
+        return jobs_pb2.ClaimNotificationResponse(job=to_job(doc), claimed=claimed, held=held)
+
+    def MarkNotified(
+        self, request: jobs_pb2.MarkNotifiedRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.MarkNotifiedResponse:
+        oid = parse_id(request.job_id, "job_id", context)
+        with lifecycle_errors(context):
+            doc = self.store.mark_notified(oid, request.notifier_id)
+        return jobs_pb2.MarkNotifiedResponse(job=to_job(doc))
+
+    # -- deprecated and internal
     def TransitionJob(
         self, request: jobs_pb2.TransitionJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.TransitionJobResponse:
+        """Deprecated (see the proto); kept for callers of the previous contract."""
         expected, new = request.expected_state, request.new_state
         if expected not in STATES or new not in STATES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected_state and new_state are required")
@@ -169,37 +245,32 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "failure_reason is too long")
         if request.duration_seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "duration_seconds must not be negative")
-        with unavailable_on_mongo_error(context):
+        with lifecycle_errors(context):
             job = self._find(request.job_id, "", context)
-            changes: dict[str, Any] = {"state": new, "updated_at": now()}
+            extra: dict[str, Any] = {}
             if new == SUCCEEDED:
                 self._check_mp3(job, request.mp3_id, context)
-                changes.update(mp3_id=request.mp3_id, failure_reason="")
+                extra.update(mp3_id=request.mp3_id, failure_reason="", progress=1.0)
+                extra["expires_at"] = now() + self.store.retention
                 if request.duration_seconds:
-                    changes["duration_seconds"] = request.duration_seconds
+                    extra["duration_seconds"] = request.duration_seconds
             elif new == FAILED:
-                changes["failure_reason"] = request.failure_reason or "the conversion failed"
-            update: dict[str, Any] = {"$set": changes}
-            if request.increment_attempts:
-                update["$inc"] = {"attempts": 1}
-            with self._lock(request.job_id):
-                doc = self.mongo.jobs.find_one_and_update(
-                    {"_id": job["_id"], "state": expected},
-                    update,
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-            if doc is None:
-                current = self.mongo.jobs.find_one({"_id": job["_id"]})
+                extra["failure_reason"] = request.failure_reason or "the conversion failed"
+
+            def rule(doc: dict[str, Any]) -> dict[str, Any]:
+                changes = lifecycle.legacy_transition(doc, expected, new, dict(extra), now())
+                if request.increment_attempts:
+                    changes["attempts"] = int(doc.get("attempts", 0)) + 1
+                return changes
+
+            try:
+                doc, _ = self.store._apply(job["_id"], rule)
+            except Refused:
+                current = self.store.find(job["_id"])
                 if current is None:
-                    context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
-                assert current is not None
-                reconcile_job_mp3s(self.mongo, current)
-                context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"job is {state_name(current['state'])}, not {state_name(expected)}",
-                )
-            assert doc is not None
-            reconcile_job_mp3s(self.mongo, doc)
+                    raise JobMissing(request.job_id) from None
+                self.store.reconcile_mp3s(current)
+                raise
         log.info(
             "job transition",
             extra={"job_id": request.job_id, "from": state_name(expected), "to": state_name(new)},
@@ -218,31 +289,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         if metadata.get("job_id", str(job["_id"])) != str(job["_id"]):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "mp3_id was uploaded for another job")
 
-    def MarkNotified(
-        self, request: jobs_pb2.MarkNotifiedRequest, context: grpc.ServicerContext
-    ) -> jobs_pb2.MarkNotifiedResponse:
-        oid = parse_id(request.job_id, "job_id", context)
-        with unavailable_on_mongo_error(context):
-            with self._lock(request.job_id):
-                doc = self.mongo.jobs.find_one_and_update(
-                    {"_id": oid, "notified": {"$ne": True}},
-                    {"$set": {"notified": True, "updated_at": now()}},
-                    return_document=pymongo.ReturnDocument.AFTER,
-                )
-            if doc is None:
-                if self.mongo.jobs.count_documents({"_id": oid}, limit=1) == 0:
-                    context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job is already marked notified")
-            assert doc is not None
-        return jobs_pb2.MarkNotifiedResponse(job=to_job(doc))
-
     def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.DeleteJobResponse:
+        """Removes only the record (an upload rolled back); RemoveJob removes a user's job."""
         oid = parse_id(request.job_id, "job_id", context)
         with unavailable_on_mongo_error(context):
             if self.mongo.jobs.delete_one({"_id": oid}).deleted_count == 0:
                 context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
+            self.store.guard.forget(oid)
         log.info("job deleted", extra={"job_id": request.job_id})
         return jobs_pb2.DeleteJobResponse()
 

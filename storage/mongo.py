@@ -69,6 +69,11 @@ class Mongo:
                 self.jobs.create_index([("owner_id", 1), ("created_at", -1)], name="owner_created")
                 self.jobs.create_index([("state", 1), ("updated_at", 1)], name="state_updated")
                 self.jobs.create_index([("video_id", 1)], name="video")
+                self.jobs.create_index([("state", 1), ("created_at", 1)], name="state_created")
+                self.jobs.create_index([("mp3_id", 1)], name="mp3")
+                leases = self.db[f"{settings_jobs(self)}.leases"]
+                leases.create_index([("name", 1), ("gen", -1)], name="name_gen")
+                self.db[f"{settings_jobs(self)}.claims"].create_index([("job_id", 1)], name="job")
                 for bucket in self.buckets:
                     files, chunks = self.files(bucket), self.chunks(bucket)
                     chunks.create_index([("files_id", 1), ("n", 1)], unique=True, name="files_id_1_n_1")
@@ -104,6 +109,10 @@ class Mongo:
 
     def close(self) -> None:
         self.client.close()
+
+
+def settings_jobs(mongo: Mongo) -> str:
+    return mongo.settings.jobs_collection
 
 
 def chunk_id(files_id: ObjectId, n: int) -> str:

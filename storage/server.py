@@ -6,8 +6,10 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 
 from common.grpc_server import GrpcServer
 from common.grpc_server import create_server as create_grpc_server
+from storage.events import EventPublisher
 from storage.files import StorageServicer
 from storage.jobs import JobServicer
+from storage.jobstore import JobStore
 from storage.mongo import Mongo
 from storage.settings import Settings
 
@@ -19,8 +21,10 @@ def create_server(settings: Settings, port: int | None = None) -> GrpcServer:
     """Build (not start) the server; ``port=0`` picks a free port (tests)."""
     mongo = Mongo(settings)
     mongo.ensure_indexes()  # when MongoDB is not up yet, retried on first use
+    events = EventPublisher(settings.rabbitmq_url) if settings.rabbitmq_url else None
+    store = JobStore(mongo, settings, events)
     storage = StorageServicer(mongo)
-    jobs = JobServicer(mongo)
+    jobs = JobServicer(mongo, store)
     srv = create_grpc_server(
         [
             (STORAGE_SERVICE, lambda s: storage_pb2_grpc.add_StorageServiceServicer_to_server(storage, s)),
@@ -31,4 +35,6 @@ def create_server(settings: Settings, port: int | None = None) -> GrpcServer:
         max_workers=settings.grpc_workers,
     )
     srv.on_stop.append(mongo.close)
+    if events is not None:
+        srv.on_stop.append(events.close)
     return srv

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import SettingsError, env_int, env_str, mongo_uri
+from common.config import SettingsError, env_bool, env_float, env_int, env_str, mongo_uri, rabbitmq_url
 
 MIB = 1024 * 1024
 
@@ -28,6 +28,21 @@ class Settings:
     # How long a MongoDB operation may wait for a server before answering UNAVAILABLE.
     mongo_timeout_ms: int = 5000
     grpc_workers: int = 32
+    # Job lifecycle (storage/lifecycle.py). RabbitMQ takes the JobChanged events (empty: none).
+    rabbitmq_url: str = ""
+    # A converter that was not heard of for this long has lost its job (it reports every 2 s).
+    job_lease_seconds: float = 30.0
+    # MP3s expire (are removed; downloads answer 410) this long after their job succeeded.
+    mp3_retention_days: float = 7.0
+    # Videos of failed and cancelled jobs are removed this long after the job finished …
+    video_retention_hours: float = 24.0
+    # … and those of succeeded jobs once the MP3 is stored, unless this is set.
+    keep_videos: bool = False
+    # storage.sweeper: how often one pass runs (one replica at a time holds the lease) …
+    sweep_interval_seconds: float = 30.0
+    # … and how long a job may stay queued (or converting without a live converter)
+    # before it is published again.
+    requeue_after_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -43,6 +58,13 @@ class Settings:
             chunk_bytes=env_int("STORAGE_CHUNK_BYTES", MIB, env),
             mongo_timeout_ms=env_int("MONGO_TIMEOUT_MS", 5000, env),
             grpc_workers=env_int("STORAGE_GRPC_WORKERS", 32, env),
+            rabbitmq_url=rabbitmq_url(env),
+            job_lease_seconds=env_float("JOB_LEASE_SECONDS", 30.0, env),
+            mp3_retention_days=env_float("MP3_RETENTION_DAYS", 7.0, env),
+            video_retention_hours=env_float("VIDEO_RETENTION_HOURS", 24.0, env),
+            keep_videos=env_bool("KEEP_VIDEOS", False, env),
+            sweep_interval_seconds=env_float("SWEEP_INTERVAL_SECONDS", 30.0, env),
+            requeue_after_seconds=env_float("REQUEUE_AFTER_SECONDS", 300.0, env),
         )
         settings.check()
         return settings
@@ -56,5 +78,15 @@ class Settings:
             raise SettingsError("STORAGE_CHUNK_BYTES must be between 64 KiB and 4 MiB")
         if self.video_bucket == self.mp3_bucket:
             raise SettingsError("VIDEO_BUCKET and MP3_BUCKET must differ")
+        for name, value in (
+            ("JOB_LEASE_SECONDS", self.job_lease_seconds),
+            ("MP3_RETENTION_DAYS", self.mp3_retention_days),
+            ("SWEEP_INTERVAL_SECONDS", self.sweep_interval_seconds),
+            ("REQUEUE_AFTER_SECONDS", self.requeue_after_seconds),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{name} must be positive")
+        if self.video_retention_hours < 0:
+            raise SettingsError("VIDEO_RETENTION_HOURS must not be negative")
         if self.grpc_workers < 2:
             raise SettingsError("STORAGE_GRPC_WORKERS must be at least 2")

@@ -146,3 +146,53 @@ class ConversionFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConversionFailed: _TypeAlias = ConversionFailed  # noqa: Y015
+
+@_typing.final
+class JobChanged(_message.Message):
+    """JobChanged is published by storage after every change of a job's record and every
+    progress report (routing key "job.changed.<owner_id>"; no durable queue: each gateway
+    process binds an exclusive queue and fans it out to its open event streams). Loss is
+    tolerated: readers take the job itself from storage when a change arrives.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    owner_id: _builtins.str
+    state: _builtins.int
+    """The job's state (video2mp3.storage.v1.JobState value)."""
+    progress: _builtins.float
+    eta_seconds: _builtins.float
+    version: _builtins.int
+    """The record's version; 0 for a progress report (progress is kept beside the record)."""
+    removed: _builtins.bool
+    """The job was deleted."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+        state: _builtins.int = ...,
+        progress: _builtins.float = ...,
+        eta_seconds: _builtins.float = ...,
+        version: _builtins.int = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "eta_seconds", b"eta_seconds", "job_id", b"job_id", "owner_id", b"owner_id", "progress", b"progress", "removed", b"removed", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobChanged: _TypeAlias = JobChanged  # noqa: Y015

@@ -70,6 +70,41 @@ class JobServiceStub:
                 request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.SerializeToString,
                 response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.FromString,
                 _registered_method=True)
+        self.ClaimJob = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/ClaimJob',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+                _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/ReportProgress',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressResponse.FromString,
+                _registered_method=True)
+        self.FinishJob = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/FinishJob',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobResponse.FromString,
+                _registered_method=True)
+        self.FailJob = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/FailJob',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/CancelJob',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
+        self.RemoveJob = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/RemoveJob',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobResponse.FromString,
+                _registered_method=True)
+        self.ClaimNotification = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/ClaimNotification',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -92,14 +127,14 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs returns one owner's jobs, newest first.
+        """ListJobs returns one owner's jobs, newest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TransitionJob(self, request, context):
-        """TransitionJob changes the state only if the job is in expected_state (one conditional
+        """Deprecated: use the lifecycle calls below. TransitionJob changes the state only if the job is in expected_state (one conditional
         update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
         (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
         expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
@@ -118,7 +153,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MarkNotified(self, request, context):
-        """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set.
+        """MarkNotified sets the notified mark once (and releases the email lease of notifier_id). FAILED_PRECONDITION when already set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +169,74 @@ class JobServiceServicer:
 
     def ListStaleJobs(self, request, context):
         """ListStaleJobs returns jobs that stayed in a state longer than a given age.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimJob(self, request, context):
+        """The job lifecycle (storage/lifecycle.py owns the rules). Every change of a job's
+        record is one of these calls; each is applied by storage alone and is exact across
+        storage processes (a unique-key claim per version of the job, see storage/guard.py).
+
+        ClaimJob gives a converter the job: QUEUED -> CONVERTING (attempts + 1) with a lease
+        held by worker_id. A CONVERTING job is taken over (attempts + 1) when its lease has
+        expired, or when take_over is set (the caller knows the holder is gone: its message
+        was redelivered); the old holder learns it on its next ReportProgress. claimed=false
+        (with the job) when another worker holds it or the job is finished; NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportProgress(self, request, context):
+        """ReportProgress records how far the holder's conversion is and renews its lease (call
+        it at least every 2 s). proceed=false when the job was cancelled, deleted or taken
+        over: the caller stops, removes its partial output and settles its message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishJob(self, request, context):
+        """FinishJob: CONVERTING -> SUCCEEDED with the holder's MP3. FAILED_PRECONDITION when the
+        caller no longer holds the job (the MP3 is then removed by storage).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FailJob(self, request, context):
+        """FailJob: QUEUED or CONVERTING -> FAILED with a reason a person can read. With
+        worker_id, only while that worker holds the job. FAILED_PRECONDITION when finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """CancelJob: QUEUED or CONVERTING -> CANCELLED (its partial MP3 is removed, no email).
+        A finished job is returned unchanged with cancelled=false. NOT_FOUND when missing or
+        not the owner's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveJob(self, request, context):
+        """RemoveJob cancels the job if it still runs, then deletes it with its video and MP3.
+        NOT_FOUND when missing or not the owner's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimNotification(self, request, context):
+        """ClaimNotification takes the job's email lease for notifier_id before sending.
+        claimed=false when the job is marked notified, or another notifier holds a lease
+        (retry later: held=true). A lease that expired without a mark means its holder died
+        while sending: the email may have gone out, so the job is marked notified and
+        claimed=false (at most one email; see notifier/README.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +279,41 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListStaleJobs,
                     request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.FromString,
                     response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.SerializeToString,
+            ),
+            'ClaimJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJob,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobResponse.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressResponse.SerializeToString,
+            ),
+            'FinishJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJob,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'FailJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FailJob,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RemoveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveJob,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobResponse.SerializeToString,
+            ),
+            'ClaimNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimNotification,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +506,195 @@ class JobService:
             '/video2mp3.storage.v1.JobService/ListStaleJobs',
             video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.SerializeToString,
             video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/ClaimJob',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/ReportProgress',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ReportProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/FinishJob',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FailJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/FailJob',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.FailJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/CancelJob',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/RemoveJob',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RemoveJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/ClaimNotification',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ClaimNotificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,9 +40,9 @@ class JobServiceStub:
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """GetJob returns one job. NOT_FOUND when missing or not the owner's."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """ListJobs returns one owner's jobs, newest first."""
+    """ListJobs returns one owner's jobs, newest first, a page at a time."""
     TransitionJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.TransitionJobRequest, _jobs_pb2.TransitionJobResponse]
-    """TransitionJob changes the state only if the job is in expected_state (one conditional
+    """Deprecated: use the lifecycle calls below. TransitionJob changes the state only if the job is in expected_state (one conditional
     update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
     (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
     expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
@@ -57,13 +57,53 @@ class JobServiceStub:
     its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
     """
     MarkNotified: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.MarkNotifiedRequest, _jobs_pb2.MarkNotifiedResponse]
-    """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set."""
+    """MarkNotified sets the notified mark once (and releases the email lease of notifier_id). FAILED_PRECONDITION when already set."""
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]
     """DeleteJob removes a job record (used when an upload is rolled back). The video is not
     touched: delete it with StorageService.Delete.
     """
     ListStaleJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+    ClaimJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]
+    """The job lifecycle (storage/lifecycle.py owns the rules). Every change of a job's
+    record is one of these calls; each is applied by storage alone and is exact across
+    storage processes (a unique-key claim per version of the job, see storage/guard.py).
+
+    ClaimJob gives a converter the job: QUEUED -> CONVERTING (attempts + 1) with a lease
+    held by worker_id. A CONVERTING job is taken over (attempts + 1) when its lease has
+    expired, or when take_over is set (the caller knows the holder is gone: its message
+    was redelivered); the old holder learns it on its next ReportProgress. claimed=false
+    (with the job) when another worker holds it or the job is finished; NOT_FOUND.
+    """
+    ReportProgress: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ReportProgressRequest, _jobs_pb2.ReportProgressResponse]
+    """ReportProgress records how far the holder's conversion is and renews its lease (call
+    it at least every 2 s). proceed=false when the job was cancelled, deleted or taken
+    over: the caller stops, removes its partial output and settles its message.
+    """
+    FinishJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.FinishJobResponse]
+    """FinishJob: CONVERTING -> SUCCEEDED with the holder's MP3. FAILED_PRECONDITION when the
+    caller no longer holds the job (the MP3 is then removed by storage).
+    """
+    FailJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FailJobRequest, _jobs_pb2.FailJobResponse]
+    """FailJob: QUEUED or CONVERTING -> FAILED with a reason a person can read. With
+    worker_id, only while that worker holds the job. FAILED_PRECONDITION when finished.
+    """
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
+    """CancelJob: QUEUED or CONVERTING -> CANCELLED (its partial MP3 is removed, no email).
+    A finished job is returned unchanged with cancelled=false. NOT_FOUND when missing or
+    not the owner's.
+    """
+    RemoveJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RemoveJobRequest, _jobs_pb2.RemoveJobResponse]
+    """RemoveJob cancels the job if it still runs, then deletes it with its video and MP3.
+    NOT_FOUND when missing or not the owner's.
+    """
+    ClaimNotification: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ClaimNotificationRequest, _jobs_pb2.ClaimNotificationResponse]
+    """ClaimNotification takes the job's email lease for notifier_id before sending.
+    claimed=false when the job is marked notified, or another notifier holds a lease
+    (retry later: held=true). A lease that expired without a mark means its holder died
+    while sending: the email may have gone out, so the job is marked notified and
+    claimed=false (at most one email; see notifier/README.md).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -77,9 +117,9 @@ class JobServiceAsyncStub(JobServiceStub):
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """GetJob returns one job. NOT_FOUND when missing or not the owner's."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """ListJobs returns one owner's jobs, newest first."""
+    """ListJobs returns one owner's jobs, newest first, a page at a time."""
     TransitionJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.TransitionJobRequest, _jobs_pb2.TransitionJobResponse]  # type: ignore[assignment]
-    """TransitionJob changes the state only if the job is in expected_state (one conditional
+    """Deprecated: use the lifecycle calls below. TransitionJob changes the state only if the job is in expected_state (one conditional
     update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
     (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
     expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
@@ -94,13 +134,53 @@ class JobServiceAsyncStub(JobServiceStub):
     its MP3 (it is the job's mp3_id); read the job with GetJob to tell the cases apart.
     """
     MarkNotified: _aio.UnaryUnaryMultiCallable[_jobs_pb2.MarkNotifiedRequest, _jobs_pb2.MarkNotifiedResponse]  # type: ignore[assignment]
-    """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set."""
+    """MarkNotified sets the notified mark once (and releases the email lease of notifier_id). FAILED_PRECONDITION when already set."""
     DeleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]  # type: ignore[assignment]
     """DeleteJob removes a job record (used when an upload is rolled back). The video is not
     touched: delete it with StorageService.Delete.
     """
     ListStaleJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]  # type: ignore[assignment]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+    ClaimJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]  # type: ignore[assignment]
+    """The job lifecycle (storage/lifecycle.py owns the rules). Every change of a job's
+    record is one of these calls; each is applied by storage alone and is exact across
+    storage processes (a unique-key claim per version of the job, see storage/guard.py).
+
+    ClaimJob gives a converter the job: QUEUED -> CONVERTING (attempts + 1) with a lease
+    held by worker_id. A CONVERTING job is taken over (attempts + 1) when its lease has
+    expired, or when take_over is set (the caller knows the holder is gone: its message
+    was redelivered); the old holder learns it on its next ReportProgress. claimed=false
+    (with the job) when another worker holds it or the job is finished; NOT_FOUND.
+    """
+    ReportProgress: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ReportProgressRequest, _jobs_pb2.ReportProgressResponse]  # type: ignore[assignment]
+    """ReportProgress records how far the holder's conversion is and renews its lease (call
+    it at least every 2 s). proceed=false when the job was cancelled, deleted or taken
+    over: the caller stops, removes its partial output and settles its message.
+    """
+    FinishJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FinishJobRequest, _jobs_pb2.FinishJobResponse]  # type: ignore[assignment]
+    """FinishJob: CONVERTING -> SUCCEEDED with the holder's MP3. FAILED_PRECONDITION when the
+    caller no longer holds the job (the MP3 is then removed by storage).
+    """
+    FailJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FailJobRequest, _jobs_pb2.FailJobResponse]  # type: ignore[assignment]
+    """FailJob: QUEUED or CONVERTING -> FAILED with a reason a person can read. With
+    worker_id, only while that worker holds the job. FAILED_PRECONDITION when finished.
+    """
+    CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """CancelJob: QUEUED or CONVERTING -> CANCELLED (its partial MP3 is removed, no email).
+    A finished job is returned unchanged with cancelled=false. NOT_FOUND when missing or
+    not the owner's.
+    """
+    RemoveJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RemoveJobRequest, _jobs_pb2.RemoveJobResponse]  # type: ignore[assignment]
+    """RemoveJob cancels the job if it still runs, then deletes it with its video and MP3.
+    NOT_FOUND when missing or not the owner's.
+    """
+    ClaimNotification: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ClaimNotificationRequest, _jobs_pb2.ClaimNotificationResponse]  # type: ignore[assignment]
+    """ClaimNotification takes the job's email lease for notifier_id before sending.
+    claimed=false when the job is marked notified, or another notifier holds a lease
+    (retry later: held=true). A lease that expired without a mark means its holder died
+    while sending: the email may have gone out, so the job is marked notified and
+    claimed=false (at most one email; see notifier/README.md).
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService keeps conversion job records. It runs in the storage process."""
@@ -129,7 +209,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """ListJobs returns one owner's jobs, newest first."""
+        """ListJobs returns one owner's jobs, newest first, a page at a time."""
 
     @_abc_1.abstractmethod
     def TransitionJob(
@@ -137,7 +217,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.TransitionJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.TransitionJobResponse, _abc.Awaitable[_jobs_pb2.TransitionJobResponse]]:
-        """TransitionJob changes the state only if the job is in expected_state (one conditional
+        """Deprecated: use the lifecycle calls below. TransitionJob changes the state only if the job is in expected_state (one conditional
         update: of racing callers exactly one wins). FAILED_PRECONDITION when it is not
         (another worker won, or it is finished). SUCCEEDED and FAILED are final: an
         expected_state of either is INVALID_ARGUMENT. QUEUED -> QUEUED only refreshes
@@ -158,7 +238,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.MarkNotifiedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.MarkNotifiedResponse, _abc.Awaitable[_jobs_pb2.MarkNotifiedResponse]]:
-        """MarkNotified sets the notified mark once. FAILED_PRECONDITION when already set."""
+        """MarkNotified sets the notified mark once (and releases the email lease of notifier_id). FAILED_PRECONDITION when already set."""
 
     @_abc_1.abstractmethod
     def DeleteJob(
@@ -177,5 +257,87 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListStaleJobsResponse, _abc.Awaitable[_jobs_pb2.ListStaleJobsResponse]]:
         """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+
+    @_abc_1.abstractmethod
+    def ClaimJob(
+        self,
+        request: _jobs_pb2.ClaimJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ClaimJobResponse, _abc.Awaitable[_jobs_pb2.ClaimJobResponse]]:
+        """The job lifecycle (storage/lifecycle.py owns the rules). Every change of a job's
+        record is one of these calls; each is applied by storage alone and is exact across
+        storage processes (a unique-key claim per version of the job, see storage/guard.py).
+
+        ClaimJob gives a converter the job: QUEUED -> CONVERTING (attempts + 1) with a lease
+        held by worker_id. A CONVERTING job is taken over (attempts + 1) when its lease has
+        expired, or when take_over is set (the caller knows the holder is gone: its message
+        was redelivered); the old holder learns it on its next ReportProgress. claimed=false
+        (with the job) when another worker holds it or the job is finished; NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportProgress(
+        self,
+        request: _jobs_pb2.ReportProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ReportProgressResponse, _abc.Awaitable[_jobs_pb2.ReportProgressResponse]]:
+        """ReportProgress records how far the holder's conversion is and renews its lease (call
+        it at least every 2 s). proceed=false when the job was cancelled, deleted or taken
+        over: the caller stops, removes its partial output and settles its message.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishJob(
+        self,
+        request: _jobs_pb2.FinishJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.FinishJobResponse, _abc.Awaitable[_jobs_pb2.FinishJobResponse]]:
+        """FinishJob: CONVERTING -> SUCCEEDED with the holder's MP3. FAILED_PRECONDITION when the
+        caller no longer holds the job (the MP3 is then removed by storage).
+        """
+
+    @_abc_1.abstractmethod
+    def FailJob(
+        self,
+        request: _jobs_pb2.FailJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.FailJobResponse, _abc.Awaitable[_jobs_pb2.FailJobResponse]]:
+        """FailJob: QUEUED or CONVERTING -> FAILED with a reason a person can read. With
+        worker_id, only while that worker holds the job. FAILED_PRECONDITION when finished.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _jobs_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.CancelJobResponse, _abc.Awaitable[_jobs_pb2.CancelJobResponse]]:
+        """CancelJob: QUEUED or CONVERTING -> CANCELLED (its partial MP3 is removed, no email).
+        A finished job is returned unchanged with cancelled=false. NOT_FOUND when missing or
+        not the owner's.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveJob(
+        self,
+        request: _jobs_pb2.RemoveJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.RemoveJobResponse, _abc.Awaitable[_jobs_pb2.RemoveJobResponse]]:
+        """RemoveJob cancels the job if it still runs, then deletes it with its video and MP3.
+        NOT_FOUND when missing or not the owner's.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimNotification(
+        self,
+        request: _jobs_pb2.ClaimNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ClaimNotificationResponse, _abc.Awaitable[_jobs_pb2.ClaimNotificationResponse]]:
+        """ClaimNotification takes the job's email lease for notifier_id before sending.
+        claimed=false when the job is marked notified, or another notifier holds a lease
+        (retry later: held=true). A lease that expired without a mark means its holder died
+        while sending: the email may have gone out, so the job is marked notified and
+        claimed=false (at most one email; see notifier/README.md).
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
