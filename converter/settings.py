@@ -40,9 +40,6 @@ class Settings:
     rpc_timeout_seconds: float = 10.0
     stream_timeout_seconds: float = 1800.0
     health_port: int = 0
-    # A job "converting" for longer than this is taken over by a fresh message for it (its
-    # worker is gone and its message was lost); a job younger than this is left alone.
-    takeover_after_seconds: float = 3600.0
     # Test-only: seconds of sleep per second of audio, to make a conversion slow.
     slowdown: float = 0.0
 
@@ -72,7 +69,6 @@ class Settings:
             rpc_timeout_seconds=env_float("GRPC_TIMEOUT_SECONDS", 10.0, env),
             stream_timeout_seconds=env_float("GRPC_STREAM_TIMEOUT_SECONDS", 1800.0, env),
             health_port=env_int("HEALTH_PORT", 0, env),
-            takeover_after_seconds=env_float("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0, env),
             slowdown=env_float("CONVERTER_TEST_SLOWDOWN", 0.0, env),
         )
         settings.validate()

@@ -354,6 +354,11 @@ class Transcoder:
 
     # -- conversion
     @property
+    def expected_seconds(self) -> float:
+        """The sound track's duration as the container declares it (0 when it does not)."""
+        return self._declared or 0.0
+
+    @property
     def duration_seconds(self) -> float:
         return self.samples_out / self.out_rate if self.out_rate else 0.0
 

@@ -2,17 +2,23 @@
 
 Order of work (so that a crash at any point is repaired by redelivery):
 
-1. ``TransitionJob`` queued → converting (conditional; the attempt counter goes up).
-   If the job is not queued: succeeded → publish ConversionSucceeded again (the notifier
-   deduplicates) and ack; failed → publish ConversionFailed again and ack; converting and the
-   message was redelivered (or came back from the delay queue) → a worker died or gave up
-   mid-job: take it over; converting otherwise → a duplicate message: ack.
-2. Spool the video from storage to a private temporary file (removed in ``finally``).
-3. Transcode and stream the MP3 into ``StorageService.Upload`` as it is produced, then the
+1. ``ClaimJob`` (storage owns the lifecycle, see storage/lifecycle.py): queued →
+   converting with a lease held by this worker (every claim counts in ``attempts``). A
+   converting job is taken over when its lease ran out, or at once when the message was
+   redelivered (or came back from the delay queue): its worker died or gave up. Not
+   claimed: succeeded → publish ConversionSucceeded again (the notifier deduplicates) and
+   ack; failed → publish ConversionFailed again and ack; cancelled → ack; converting by
+   another live worker → a duplicate message: ack.
+2. While the job runs, ``converter.progress`` reports progress every second; the answer
+   says whether to go on. A job cancelled, removed or taken over stops within 2 s: the
+   MP3 upload ends without its finish message (storage keeps nothing) and the message is
+   acked.
+3. Spool the video from storage to a private temporary file (removed in ``finally``).
+4. Transcode and stream the MP3 into ``StorageService.Upload`` as it is produced, then the
    finish message. A failure mid-way ends the stream without finish: storage keeps nothing.
-4. ``TransitionJob`` converting → succeeded with the MP3 id. If another worker won, the
-   MP3 just written is deleted.
-5. Publish ConversionSucceeded with publisher confirms; the consumer acks afterwards.
+5. ``FinishJob`` converting → succeeded with the MP3 id. If the job is no longer this
+   worker's, the MP3 just written is deleted.
+6. Publish ConversionSucceeded with publisher confirms; the consumer acks afterwards.
 
 Bad media fails the job for good (ConversionFailed). An unavailable dependency raises
 ``TransientError``: the consumer retries through the delay queue; on the last attempt the
@@ -27,9 +33,11 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +51,18 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 
 from common import memory
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from converter.progress import ProgressReporter
 from converter.settings import Settings
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 
 log = logging.getLogger("converter")
 T = TypeVar("T")
 
-QUEUED = jobs_pb2.JOB_STATE_QUEUED
 CONVERTING = jobs_pb2.JOB_STATE_CONVERTING
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
 FAILED = jobs_pb2.JOB_STATE_FAILED
+CANCELLED = jobs_pb2.JOB_STATE_CANCELLED
+PROGRESS_INTERVAL_SECONDS = 1.0
 
 TRANSIENT_CODES = frozenset(
     {
@@ -118,6 +128,8 @@ class Converter:
         self.options = settings.encode_options()
         # Set after SIGTERM's grace period: the current job is cut off (and redelivered later).
         self.abort = abort or threading.Event()
+        # Who holds a claimed job (storage's lease); unique per process.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # ------------------------------------------------------------------------------ entry
     def __call__(self, delivery: Delivery) -> Outcome:
@@ -165,14 +177,28 @@ class Converter:
             return claimed
         started = time.monotonic()
         log.info("converting", extra={**extra, "original_filename": request.filename})
-        try:
-            result = self._convert(request)
-        except MediaError as error:
-            log.info(
-                "media cannot be converted", extra={**extra, "reason": error.reason, "kind": error.kind.value}
-            )
-            self._fail(request, error.reason)
-            return Outcome.ACK
+        reporter = ProgressReporter(
+            self.jobs,
+            request.job_id,
+            self.worker_id,
+            PROGRESS_INTERVAL_SECONDS,
+            self.settings.rpc_timeout_seconds,
+        )
+        with reporter:
+            try:
+                result = self._convert(request, reporter)
+            except MediaError as error:
+                log.info(
+                    "media cannot be converted",
+                    extra={**extra, "reason": error.reason, "kind": error.kind.value},
+                )
+                self._fail(request, error.reason)
+                return Outcome.ACK
+            except Cancelled:
+                if not reporter.stop.is_set():
+                    raise
+                log.info("job cancelled or taken over; stopped", extra={**extra, "state": reporter.state})
+                return Outcome.ACK
         if not self._finish(request, result, extra):
             return Outcome.ACK
         self._publish_succeeded(request, result)
@@ -200,38 +226,6 @@ class Converter:
                 ) from error
             raise
 
-    def _transition(
-        self,
-        job_id: str,
-        expected: jobs_pb2.JobState.ValueType,
-        new: jobs_pb2.JobState.ValueType,
-        *,
-        mp3_id: str = "",
-        failure_reason: str = "",
-        increment_attempts: bool = False,
-        duration_seconds: float = 0.0,
-    ) -> jobs_pb2.Job | None:
-        """The job after the change, or None when it was not in ``expected`` (someone else won)."""
-        request = jobs_pb2.TransitionJobRequest(
-            job_id=job_id,
-            expected_state=expected,
-            new_state=new,
-            mp3_id=mp3_id,
-            failure_reason=failure_reason,
-            increment_attempts=increment_attempts,
-            duration_seconds=duration_seconds,
-        )
-        try:
-            response = self._rpc(
-                "TransitionJob",
-                lambda: self.jobs.TransitionJob(request, timeout=self.settings.rpc_timeout_seconds),
-            )
-        except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.FAILED_PRECONDITION:
-                return None
-            raise
-        return response.job
-
     def _get_job(self, job_id: str) -> jobs_pb2.Job | None:
         try:
             response = self._rpc(
@@ -249,9 +243,17 @@ class Converter:
     def _claim(
         self, request: events_pb2.ConversionRequested, delivery: Delivery, extra: dict[str, object]
     ) -> Outcome | None:
-        """None when this worker now owns the job; otherwise how to settle the message."""
+        """None when this worker now holds the job; otherwise how to settle the message."""
+        claim = jobs_pb2.ClaimJobRequest(
+            job_id=request.job_id,
+            worker_id=self.worker_id,
+            # A redelivered message (or one back from the delay queue): its worker is gone.
+            take_over=delivery.redelivered or delivery.attempt > 1,
+        )
         try:
-            job = self._transition(request.job_id, QUEUED, CONVERTING, increment_attempts=True)
+            response = self._rpc(
+                "ClaimJob", lambda: self.jobs.ClaimJob(claim, timeout=self.settings.rpc_timeout_seconds)
+            )
         except grpc.RpcError as error:
             if _code(error) == grpc.StatusCode.NOT_FOUND:
                 log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
@@ -260,12 +262,11 @@ class Converter:
                 log.error("storage rejects the job id; parked", extra={**extra, "error": _details(error)})
                 return Outcome.DEAD
             raise
-        if job is not None:
+        current = response.job
+        if response.claimed:
+            if current.attempts > 1:
+                log.info("took the job over", extra={**extra, "attempts": current.attempts})
             return None
-        current = self._get_job(request.job_id)
-        if current is None:
-            log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
-            return Outcome.ACK
         if current.state == SUCCEEDED:
             log.info("job already succeeded; publishing its result again", extra=extra)
             self._publish_succeeded(
@@ -277,18 +278,12 @@ class Converter:
             log.info("job already failed; publishing its failure again", extra=extra)
             self._publish_failed(request, current.failure_reason)
             return Outcome.ACK
+        if current.state == CANCELLED:
+            log.info("job was cancelled; dropped", extra=extra)
+            return Outcome.ACK
         if current.state == CONVERTING:
-            if delivery.redelivered or delivery.attempt > 1:
-                log.info("taking over a job left converting", extra=extra)
-                return None
-            age = time.time() - current.updated_at.ToSeconds() if current.HasField("updated_at") else 0.0
-            if age > self.settings.takeover_after_seconds:
-                # Converting for longer than any conversion takes: its worker is gone.
-                log.warning("taking over a stale converting job", extra={**extra, "age_s": round(age)})
-                return None
             log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
             return Outcome.ACK
-        # Still queued after a failed conditional change: a race with the gateway; try later.
         raise TransientError(f"job {request.job_id} is in state {current.state}; will retry")
 
     def _mp3_size(self, job: jobs_pb2.Job) -> int:
@@ -301,9 +296,21 @@ class Converter:
         except grpc.RpcError:
             return 0
 
+    def _end(self, what: str, call: Callable[[], T]) -> T | None:
+        """A lifecycle call; None when storage refuses it (FAILED_PRECONDITION)."""
+        try:
+            return self._rpc(what, call)
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.FAILED_PRECONDITION:
+                return None
+            raise
+
     def _fail(self, request: events_pb2.ConversionRequested, reason: str) -> None:
-        job = self._transition(request.job_id, CONVERTING, FAILED, failure_reason=reason)
-        if job is None:
+        fail = jobs_pb2.FailJobRequest(job_id=request.job_id, worker_id=self.worker_id, reason=reason)
+        if (
+            self._end("FailJob", lambda: self.jobs.FailJob(fail, timeout=self.settings.rpc_timeout_seconds))
+            is None
+        ):
             current = self._get_job(request.job_id)
             if current is None or current.state != FAILED:
                 log.warning(
@@ -316,11 +323,12 @@ class Converter:
 
     def _give_up(self, request: events_pb2.ConversionRequested) -> None:
         """Last attempt failed on an outage: mark the job failed (best effort) before parking."""
+        fail = jobs_pb2.FailJobRequest(job_id=request.job_id, reason=GAVE_UP_REASON)
         try:
-            for expected in (CONVERTING, QUEUED):
-                if self._transition(request.job_id, expected, FAILED, failure_reason=GAVE_UP_REASON):
-                    self._publish_failed(request, GAVE_UP_REASON)
-                    return
+            if self._end(
+                "FailJob", lambda: self.jobs.FailJob(fail, timeout=self.settings.rpc_timeout_seconds)
+            ):
+                self._publish_failed(request, GAVE_UP_REASON)
         except (TransientError, grpc.RpcError) as error:
             log.error(
                 "could not mark the job failed; it stays for the stale-job sweep",
@@ -330,17 +338,20 @@ class Converter:
     def _finish(
         self, request: events_pb2.ConversionRequested, result: Result, extra: dict[str, object]
     ) -> bool:
-        """Record success. False (after deleting our MP3) when another worker finished first."""
-        job: jobs_pb2.Job | None = None
+        """Record success. False (after deleting our MP3) when the job is no longer ours."""
+        finish = jobs_pb2.FinishJobRequest(
+            job_id=request.job_id,
+            worker_id=self.worker_id,
+            mp3_id=result.mp3_id,
+            duration_seconds=result.duration_seconds,
+        )
         for delay in (0.5, 1.0, 2.0, None):
             try:
-                job = self._transition(
-                    request.job_id,
-                    CONVERTING,
-                    SUCCEEDED,
-                    mp3_id=result.mp3_id,
-                    duration_seconds=result.duration_seconds,
-                )
+                if self._end(
+                    "FinishJob",
+                    lambda: self.jobs.FinishJob(finish, timeout=self.settings.rpc_timeout_seconds),
+                ):
+                    return True
                 break
             except TransientError:
                 # The MP3 is stored: a short wait beats converting again on redelivery. Never
@@ -348,16 +359,11 @@ class Converter:
                 if delay is None or self.abort.is_set():
                     raise
                 time.sleep(delay)
-        if job is not None:
-            return True
         current = self._get_job(request.job_id)
         if current is not None and current.state == SUCCEEDED and current.mp3_id == result.mp3_id:
             return True  # our own change, applied earlier with only the answer lost
-        if current is not None and current.state == CONVERTING:
-            # Storage refused our MP3 (e.g. it vanished): convert again on the next attempt.
-            raise TransientError("storage did not accept the finished MP3; will convert again")
         log.info(
-            "the job was finished elsewhere; deleting our MP3",
+            "the job is no longer ours (finished, cancelled or taken over); deleting our MP3",
             extra={**extra, "mp3_id": result.mp3_id, "state": None if current is None else current.state},
         )
         with contextlib.suppress(grpc.RpcError):
@@ -406,15 +412,20 @@ class Converter:
         self._publish(RK_FAILED, event, request.job_id)
 
     # ------------------------------------------------------------------------------ conversion
-    def _convert(self, request: events_pb2.ConversionRequested) -> Result:
+    def _convert(self, request: events_pb2.ConversionRequested, reporter: ProgressReporter) -> Result:
         spool = self._spool_path(request)
+
+        def stopping() -> bool:
+            return self.abort.is_set() or reporter.stop.is_set()
+
         try:
-            self._download(request, spool)
+            self._download(request, spool, stopping)
             memory.release_free_memory()
             transcoder = Transcoder(
-                spool, title_from_filename(request.filename), self.options, should_stop=self.abort.is_set
+                spool, title_from_filename(request.filename), self.options, should_stop=stopping
             )
-            return self._upload(request, transcoder)
+            reporter.source = lambda: (transcoder.duration_seconds, transcoder.expected_seconds)
+            return self._upload(request, transcoder, stopping)
         finally:
             spool.unlink(missing_ok=True)
             memory.release_free_memory()
@@ -434,7 +445,9 @@ class Converter:
         if size + self.settings.spool_reserve_bytes > free:
             raise TransientError(f"not enough temporary disk space for {size} bytes ({free} free)")
 
-    def _download(self, request: events_pb2.ConversionRequested, spool: Path) -> None:
+    def _download(
+        self, request: events_pb2.ConversionRequested, spool: Path, stopping: Callable[[], bool]
+    ) -> None:
         call = self.storage.Download(
             storage_pb2.DownloadRequest(bucket=storage_pb2.BUCKET_VIDEOS, file_id=request.video_id),
             timeout=self.settings.stream_timeout_seconds,
@@ -444,7 +457,7 @@ class Converter:
         try:
             with spool.open("wb") as out:
                 for response in call:
-                    if self.abort.is_set():
+                    if stopping():
                         call.cancel()
                         raise Cancelled("worker stopping")
                     if response.HasField("file"):
@@ -462,7 +475,9 @@ class Converter:
                 raise TransientError(f"video download failed: {_code(error)} {_details(error)}") from error
             raise
 
-    def _upload(self, request: events_pb2.ConversionRequested, transcoder: Transcoder) -> Result:
+    def _upload(
+        self, request: events_pb2.ConversionRequested, transcoder: Transcoder, stopping: Callable[[], bool]
+    ) -> Result:
         stem = title_from_filename(request.filename) or "audio"
         header = storage_pb2.UploadHeader(
             bucket=storage_pb2.BUCKET_MP3S,
@@ -482,7 +497,7 @@ class Converter:
             digest, size = hashlib.sha256(), 0
             try:
                 for chunk in itertools.chain([first], chunks):
-                    if self.abort.is_set():
+                    if stopping():
                         raise Cancelled("worker stopping")
                     digest.update(chunk)
                     size += len(chunk)

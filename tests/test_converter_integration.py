@@ -234,7 +234,7 @@ def test_worker_killed_mid_conversion_the_job_finishes_once(
     assert kind == "succeeded" and event.job_id == job.id
     assert storage.mp3_count(job.id) == 1
     assert storage.orphan_mp3_chunks() == 0
-    assert storage.job(job.id).attempts == 1  # claimed once, taken over once
+    assert storage.job(job.id).attempts == 2  # claimed once, taken over once: both count (issue 25)
     assert runner.depth("video") == 0 and runner.depth(dead_queue("video")) == 0
 
 

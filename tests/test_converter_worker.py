@@ -137,6 +137,7 @@ def test_already_failed_publishes_the_failure_again(env: Env, tmp_path: Path) ->
 def test_duplicate_while_converting_is_dropped(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
     env.job(job.id).state = jobs_pb2.JOB_STATE_CONVERTING
+    env.storage.storage.holders[job.id] = ("another-worker", time.time() + 60)  # a live lease
     assert env.converter(delivery(job, redelivered=False)) is Outcome.ACK
     assert env.storage.storage.mp3s() == [] and env.publisher.events == []
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_CONVERTING
@@ -148,23 +149,26 @@ def test_job_left_converting_is_taken_over(
 ) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
     env.job(job.id).state = jobs_pb2.JOB_STATE_CONVERTING
+    env.job(job.id).attempts = 1
+    env.storage.storage.holders[job.id] = ("dead-worker", time.time() + 60)
     assert env.converter(delivery(job, redelivered=redelivered, attempt=attempt)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert env.job(job.id).attempts == 2  # the takeover counts
     assert len(env.storage.storage.mp3s(job.id)) == 1
 
 
-def test_stale_converting_job_is_taken_over_by_a_fresh_message(env: Env, media_cache: MediaCache) -> None:
+def test_converting_job_with_an_expired_lease_is_taken_over(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
     stored = env.job(job.id)
     stored.state = jobs_pb2.JOB_STATE_CONVERTING
-    stored.updated_at.FromSeconds(int(time.time()) - 7200)
+    env.storage.storage.holders[job.id] = ("silent-worker", time.time() - 1)
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
 
 
 def test_malformed_job_id_is_parked(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.storage.storage.faults["TransitionJob"] = grpc.StatusCode.INVALID_ARGUMENT
+    env.storage.storage.faults["ClaimJob"] = grpc.StatusCode.INVALID_ARGUMENT
     assert env.converter(delivery(job)) is Outcome.DEAD
 
 
@@ -268,7 +272,7 @@ def test_missing_video_is_a_permanent_failure(env: Env, media_cache: MediaCache)
     assert env.job(job.id).failure_reason == "the uploaded video is no longer available"
 
 
-@pytest.mark.parametrize("method", ["TransitionJob", "Download", "Upload"])
+@pytest.mark.parametrize("method", ["ClaimJob", "FinishJob", "Download", "Upload"])
 def test_storage_unavailable_is_transient_then_succeeds(
     method: str, env: Env, media_cache: MediaCache
 ) -> None:
@@ -276,7 +280,9 @@ def test_storage_unavailable_is_transient_then_succeeds(
     env.storage.storage.faults[method] = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(TransientError, match=r"(?i)unavailable"):
         env.converter(delivery(job))
-    assert env.storage.storage.mp3s() == []
+    # An MP3 that could not be recorded stays (the change may have been applied with only
+    # the answer lost); storage removes it when the job finishes with another.
+    assert len(env.storage.storage.mp3s()) == (1 if method == "FinishJob" else 0)
     del env.storage.storage.faults[method]
     assert env.converter(delivery(job, attempt=2)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
@@ -326,8 +332,9 @@ def test_losing_the_race_deletes_our_mp3(env: Env, media_cache: MediaCache) -> N
         if stored.state == jobs_pb2.JOB_STATE_CONVERTING and not stored.mp3_id:
             stored.state = jobs_pb2.JOB_STATE_SUCCEEDED
             stored.mp3_id = theirs
+            env.storage.storage.holders.pop(job.id, None)
 
-    env.storage.storage.hooks["TransitionJob"] = other_worker_wins
+    env.storage.storage.hooks["FinishJob"] = other_worker_wins
     assert env.converter(delivery(job)) is Outcome.ACK
     assert [f.info.id for f in env.storage.storage.mp3s(job.id)] == [theirs]
     assert env.publisher.events == []  # the winner publishes
@@ -382,3 +389,31 @@ def test_settings_from_env() -> None:
         Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "MP3_BITRATE_KBPS": "100"})
     with pytest.raises(SettingsError, match="PREFETCH"):
         Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "PREFETCH": "0"})
+
+
+def test_progress_is_reported_and_rises(env: Env, media_cache: MediaCache) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=8.0)))
+    env.converter.settings = dataclasses.replace(env.converter.settings, slowdown=0.5)
+    env.converter.options = env.converter.settings.encode_options()
+    assert env.converter(delivery(job)) is Outcome.ACK
+    reports = env.storage.storage.progress[job.id]
+    assert len(reports) >= 2 and reports == sorted(reports) and 0 < reports[-1] < 1
+    assert env.job(job.id).progress == 1.0
+
+
+def test_cancel_while_converting_stops_and_leaves_nothing(env: Env, media_cache: MediaCache) -> None:
+    job = env.job_for(media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=20.0)))
+    env.converter.settings = dataclasses.replace(env.converter.settings, slowdown=1.0)
+    env.converter.options = env.converter.settings.encode_options()
+
+    def cancel_on_first_report() -> None:
+        stored = env.job(job.id)
+        if stored.state == jobs_pb2.JOB_STATE_CONVERTING:
+            stored.state = jobs_pb2.JOB_STATE_CANCELLED
+            env.storage.storage.holders.pop(job.id, None)
+
+    env.storage.storage.hooks["ReportProgress"] = cancel_on_first_report
+    assert env.converter(delivery(job)) is Outcome.ACK
+    assert env.job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED
+    assert env.storage.storage.mp3s() == [] and env.publisher.events == []
+    assert list(env.spool_dir.iterdir()) == []
