@@ -70,19 +70,20 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 @pytest.fixture
 def env(fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
-    spool = tmp_path / "spool"
     settings = Settings(
         storage_address=fake_storage.address,
         rabbitmq_url="amqp://unused",
-        tmp_dir=str(spool),
+        tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
     channel = grpc.insecure_channel(fake_storage.address)
     publisher = RecordingPublisher()
+    converter = Converter(settings, channel, publisher)
     try:
-        yield Env(fake_storage, Converter(settings, channel, publisher), publisher, spool, tmp_path)
+        yield Env(fake_storage, converter, publisher, converter.spool.folder, tmp_path)
     finally:
+        converter.close()
         channel.close()
 
 
