@@ -283,16 +283,24 @@ class Converter:
         if current.state == CONVERTING:
             if delivery.redelivered or delivery.attempt > 1:
                 log.info("taking over a job left converting", extra=extra)
-                return None
+                return self._take_over(request)
             age = time.time() - current.updated_at.ToSeconds() if current.HasField("updated_at") else 0.0
             if age > self.settings.takeover_after_seconds:
                 # Converting for longer than any conversion takes: its worker is gone.
                 log.warning("taking over a stale converting job", extra={**extra, "age_s": round(age)})
-                return None
+                return self._take_over(request)
             log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
             return Outcome.ACK
         # Still queued after a failed conditional change: a race with the gateway; try later.
         raise TransientError(f"job {request.job_id} is in state {current.state}; will retry")
+
+    def _take_over(self, request: events_pb2.ConversionRequested) -> Outcome | None:
+        """Own a job another worker left converting: converting → converting counts the attempt
+        and refreshes the job's ``updated_at``. If the job changed meanwhile (it finished, or
+        another worker took it over first), the message is looked at again later."""
+        if self._transition(request.job_id, CONVERTING, CONVERTING, increment_attempts=True) is None:
+            raise TransientError(f"job {request.job_id} changed while being taken over; will retry")
+        return None
 
     def _mp3_size(self, job: jobs_pb2.Job) -> int:
         try:
