@@ -34,7 +34,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -53,6 +52,7 @@ from common import memory
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
 from converter.progress import ProgressReporter
 from converter.settings import Settings
+from converter.spool import Spool
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 
 log = logging.getLogger("converter")
@@ -120,8 +120,12 @@ class Converter:
         channel: grpc.Channel,
         publisher: Publisher,
         abort: threading.Event | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
+        # Where videos wait on disk while they are converted; a dead converter's leftovers
+        # are removed at start and after every job (see converter/spool.py).
+        self.spool = spool or Spool(settings.tmp_dir)
         self.storage = storage_pb2_grpc.StorageServiceStub(channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(channel)
         self.publisher = publisher
@@ -428,14 +432,15 @@ class Converter:
             return self._upload(request, transcoder, stopping)
         finally:
             spool.unlink(missing_ok=True)
+            self.spool.sweep()
             memory.release_free_memory()
 
     def _spool_path(self, request: events_pb2.ConversionRequested) -> Path:
-        directory = Path(self.settings.tmp_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="video2mp3-", suffix=".video", dir=directory)  # mode 0600
-        os.close(fd)
-        return Path(name)
+        return self.spool.new_file(".video")  # mode 0600, in this process's own folder
+
+    def close(self) -> None:
+        """Remove this process's spool folder (on a graceful stop)."""
+        self.spool.close()
 
     def _check_space(self, size: int, directory: Path) -> None:
         limit = self.settings.spool_max_bytes

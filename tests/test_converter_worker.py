@@ -70,19 +70,20 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 @pytest.fixture
 def env(fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
-    spool = tmp_path / "spool"
     settings = Settings(
         storage_address=fake_storage.address,
         rabbitmq_url="amqp://unused",
-        tmp_dir=str(spool),
+        tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
     channel = grpc.insecure_channel(fake_storage.address)
     publisher = RecordingPublisher()
+    converter = Converter(settings, channel, publisher)
     try:
-        yield Env(fake_storage, Converter(settings, channel, publisher), publisher, spool, tmp_path)
+        yield Env(fake_storage, converter, publisher, converter.spool.folder, tmp_path)
     finally:
+        converter.close()
         channel.close()
 
 
@@ -162,8 +163,10 @@ def test_converting_job_with_an_expired_lease_is_taken_over(env: Env, media_cach
     stored = env.job(job.id)
     stored.state = jobs_pb2.JOB_STATE_CONVERTING
     env.storage.storage.holders[job.id] = ("silent-worker", time.time() - 1)
+    stored.attempts = 1
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert env.job(job.id).attempts == 2
 
 
 def test_malformed_job_id_is_parked(env: Env, media_cache: MediaCache) -> None:
