@@ -17,6 +17,7 @@ alive() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 # Worker health endpoints (Kubernetes probes use the same ones).
 export CONVERTER_HEALTH_PORT="${CONVERTER_HEALTH_PORT:-8081}"
 export NOTIFIER_HEALTH_PORT="${NOTIFIER_HEALTH_PORT:-8082}"
+export SWEEPER_HEALTH_PORT="${SWEEPER_HEALTH_PORT:-8083}"
 
 up() {
   bash "$ROOT/dev/bootstrap.sh"

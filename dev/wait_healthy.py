@@ -40,6 +40,7 @@ def main() -> int:
         "gateway": lambda: http_ok(f"http://127.0.0.1:{env['GATEWAY_PORT']}/readyz"),
         "converter": lambda: http_ok(f"http://127.0.0.1:{env['CONVERTER_HEALTH_PORT']}/healthz"),
         "notifier": lambda: http_ok(f"http://127.0.0.1:{env['NOTIFIER_HEALTH_PORT']}/healthz"),
+        "sweeper": lambda: http_ok(f"http://127.0.0.1:{env['SWEEPER_HEALTH_PORT']}/healthz"),
     }
     deadline = time.monotonic() + args.timeout
     pending = dict(checks)

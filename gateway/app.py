@@ -15,7 +15,6 @@ from common.logs import setup_logging
 from gateway import errors, metrics
 from gateway.clients import EXTENSION, Clients
 from gateway.settings import Settings
-from gateway.sweeper import Sweeper
 from gateway.views import download, identity, jobs, ops, upload
 
 log = logging.getLogger("gateway.http")
@@ -46,8 +45,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["video2mp3.settings"] = settings
     app.extensions[EXTENSION] = Clients(settings)
-    sweeper = Sweeper(app.extensions[EXTENSION], settings)
-    app.extensions["video2mp3.sweeper"] = sweeper
     if settings.trusted_proxy_count:
         n = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
@@ -57,7 +54,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.request_started = time.perf_counter()
-        sweeper.ensure_started()
 
     @app.after_request
     def log_request(response: Response) -> Response:

@@ -28,10 +28,6 @@ class Settings:
     threads: int = 8
     worker_timeout_seconds: int = 120
     prometheus_multiproc_dir: str = ""
-    # Jobs still queued after this long are published again (gateway/sweeper.py) …
-    requeue_after_seconds: int = 300
-    # … checked this often by every gateway process (0 turns the sweeper off).
-    sweep_interval_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,8 +47,6 @@ class Settings:
             threads=env_int("GUNICORN_THREADS", 8, env),
             worker_timeout_seconds=env_int("GUNICORN_TIMEOUT_SECONDS", 120, env),
             prometheus_multiproc_dir=env_str("PROMETHEUS_MULTIPROC_DIR", "", env),
-            requeue_after_seconds=env_int("REQUEUE_AFTER_SECONDS", 300, env),
-            sweep_interval_seconds=env_float("SWEEP_INTERVAL_SECONDS", 60.0, env),
         )
         if not 0 <= settings.port <= 65535:
             raise SettingsError(
@@ -68,10 +62,6 @@ class Settings:
         ):
             if value <= 0:
                 raise SettingsError(f"environment variable {name} must be positive, got {value}")
-        if settings.requeue_after_seconds < 1:
-            raise SettingsError("environment variable REQUEUE_AFTER_SECONDS must be at least 1")
-        if settings.sweep_interval_seconds < 0:
-            raise SettingsError("environment variable SWEEP_INTERVAL_SECONDS must not be negative")
         if settings.trusted_proxy_count < 0:
             raise SettingsError("environment variable TRUSTED_PROXY_COUNT must not be negative")
         return settings

@@ -44,6 +44,7 @@ def build_consumer(settings: Settings) -> tuple[Consumer, list[object]]:
             public_base_url=settings.public_base_url,
             link_ttl_seconds=settings.link_ttl_seconds,
             grpc_timeout_seconds=settings.grpc_timeout_seconds,
+            lease_seconds=settings.lease_seconds,
         ),
     )
     consumer = Consumer(

@@ -32,6 +32,7 @@ class Settings:
     retry_max_seconds: float
     link_ttl_seconds: int
     grpc_timeout_seconds: float
+    lease_seconds: int  # the email lease (storage's ClaimNotification); longer than a send
     health_port: int  # 0 disables the HTTP health endpoint
 
     @classmethod
@@ -60,6 +61,7 @@ class Settings:
             retry_max_seconds=env_float("NOTIFIER_RETRY_MAX_SECONDS", 600.0, env),
             link_ttl_seconds=env_int("DOWNLOAD_LINK_TTL_SECONDS", 7 * 24 * 3600, env),
             grpc_timeout_seconds=env_float("NOTIFIER_GRPC_TIMEOUT_SECONDS", 10.0, env),
+            lease_seconds=env_int("NOTIFY_LEASE_SECONDS", 120, env),
             health_port=env_int("HEALTH_PORT", 0, env),
         )
         if settings.smtp_username and not settings.smtp_password:
@@ -77,6 +79,7 @@ class Settings:
             ("NOTIFIER_PREFETCH", settings.prefetch),
             ("NOTIFIER_MAX_ATTEMPTS", settings.max_attempts),
             ("DOWNLOAD_LINK_TTL_SECONDS", settings.link_ttl_seconds),
+            ("NOTIFY_LEASE_SECONDS", settings.lease_seconds),
         ):
             if value < 1:
                 raise SettingsError(f"environment variable {name} must be at least 1, got {value}")

@@ -4,25 +4,33 @@ For each ConversionSucceeded / ConversionFailed event (dispatched on the AMQP ``
 property) the handler
 
 1. reads the job from storage's JobService; a job already marked ``notified`` means this
-   is a redelivery or a duplicate event: nothing is sent;
+   is a redelivery or a duplicate event: nothing is sent; a cancelled job is never mailed;
 2. builds the email (for a success, with a download link whose token comes from
-   AuthService.IssueDownloadToken for that user and that file);
-3. sends it (temporary SMTP errors → retried through the delay queue; permanent ones →
-   parked in the dead-letter queue, logged);
-4. records the ``notified`` mark with MarkNotified (set-once on the server).
+   AuthService.IssueDownloadToken for that user and that file, working until the earlier
+   of the token's expiry and the MP3's);
+3. claims the email with a lease in storage (ClaimNotification): another notifier holding
+   it → retried later; the job marked meanwhile, or a lease whose holder died before
+   marking (the email may be out) → nothing is sent;
+4. sends it (temporary SMTP errors → the lease is given back, retried through the delay
+   queue; permanent ones → parked in the dead-letter queue, logged);
+5. records the ``notified`` mark with MarkNotified (set-once on the server), which
+   releases the lease.
 
-Concurrent duplicates of one job inside a process are serialised by a per-job lock. A job
-that was sent but could not be marked yet (storage down) is remembered, so the retry only
-records the mark and never sends a second email. The one remaining window — the process
-dies between the SMTP "250 OK" and the mark — is at-least-once; the Message-ID is fixed per
-job so a mail client would still show one message.
+So a crash between the SMTP "250 OK" and the mark, or two notifiers on one event, send one
+email: at most once. The price is the window between taking the lease and the mail
+server's answer: a notifier that dies exactly there sends no email (logged by storage as
+an email lease that expired unmarked). A job that was sent but could not be marked yet
+(storage down) is remembered, so the retry only records the mark.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,6 +90,8 @@ class WorkerConfig:
     public_base_url: str
     link_ttl_seconds: int
     grpc_timeout_seconds: float = 10.0
+    # How long the email lease holds; longer than any send (SMTP timeout included).
+    lease_seconds: int = 120
     mark_attempts: int = 3
     mark_retry_seconds: float = 0.5
 
@@ -127,6 +137,9 @@ class Notifier:
         self._locks = _JobLocks()
         self._sent_unmarked: OrderedDict[str, None] = OrderedDict()
         self._sent_lock = threading.Lock()
+        self.notifier_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Called between the send and the mark (tests stop the process there).
+        self.after_send: Callable[[str], None] | None = None
 
     # -- entry point (common.amqp.Handler)
     def handle(self, delivery: Delivery) -> Outcome:
@@ -166,16 +179,27 @@ class Notifier:
             log.info("already notified; nothing sent", extra={"job_id": job_id, "attempt": attempt})
             self._forget_sent(job_id)
             return Outcome.ACK
+        if job.state == jobs_pb2.JOB_STATE_CANCELLED:
+            log.info("job was cancelled; no email", extra={"job_id": job_id})
+            return Outcome.ACK
         if event.owner_id and job.owner_id and event.owner_id != job.owner_id:
             raise Park("the event's owner does not match the job's owner")
         if not self._was_sent(job_id):
             message = self._build(job, event)
-            self.mailer.send(message)
+            if not self._claim(job_id):
+                return Outcome.ACK
+            try:
+                self.mailer.send(message)
+            except BaseException:
+                self._release(job_id)
+                raise
             self._remember_sent(job_id)
             log.info(
                 "email sent",
                 extra={"job_id": job_id, "kind": type(event).__name__, "attempt": attempt},
             )
+            if self.after_send is not None:
+                self.after_send(job_id)
         else:
             log.info("email was sent before; recording the mark only", extra={"job_id": job_id})
         self._mark(job_id)
@@ -195,6 +219,8 @@ class Notifier:
             if not mp3_id or not owner_id:
                 raise Park("succeeded job without an MP3 id or an owner")
             token, expires_at = self._issue_token(owner_id, mp3_id)
+            if job.HasField("expires_at") and job.expires_at.seconds:
+                expires_at = min(expires_at, int(job.expires_at.seconds))  # the MP3 goes then
             link = download_link(self.config.public_base_url, mp3_id, token)
             mail = SuccessMail(
                 job_id=job.id or event.job_id,
@@ -255,12 +281,38 @@ class Notifier:
         expires_at = response.expires_at or int(time.time()) + self.config.link_ttl_seconds
         return response.download_token, int(expires_at)
 
+    def _claim(self, job_id: str) -> bool:
+        """Take the email lease; False: nothing to send (marked, or in doubt)."""
+        request = jobs_pb2.ClaimNotificationRequest(
+            job_id=job_id, notifier_id=self.notifier_id, lease_seconds=self.config.lease_seconds
+        )
+        try:
+            answer = self.jobs.ClaimNotification(request, timeout=self.config.grpc_timeout_seconds)
+        except grpc.RpcError as error:
+            raise self._call_error("claiming the email", error) from error
+        if answer.claimed:
+            return True
+        if answer.held:
+            raise TransientError("another notifier is sending this email; looking again later")
+        log.info("email already sent or in doubt; nothing sent", extra={"job_id": job_id})
+        return False
+
+    def _release(self, job_id: str) -> None:
+        request = jobs_pb2.ClaimNotificationRequest(job_id=job_id, notifier_id=self.notifier_id, release=True)
+        try:
+            self.jobs.ClaimNotification(request, timeout=self.config.grpc_timeout_seconds)
+        except grpc.RpcError as error:
+            log.warning(
+                "email lease not given back; it runs out", extra={"job_id": job_id, "error": repr(error)}
+            )
+
     def _mark(self, job_id: str) -> None:
         last: Exception | None = None
         for attempt in range(1, self.config.mark_attempts + 1):
             try:
                 self.jobs.MarkNotified(
-                    jobs_pb2.MarkNotifiedRequest(job_id=job_id), timeout=self.config.grpc_timeout_seconds
+                    jobs_pb2.MarkNotifiedRequest(job_id=job_id, notifier_id=self.notifier_id),
+                    timeout=self.config.grpc_timeout_seconds,
                 )
                 return
             except grpc.RpcError as error:

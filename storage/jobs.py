@@ -264,7 +264,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 return changes
 
             try:
-                doc, _ = self.store._apply(job["_id"], rule)
+                doc, _ = self.store.apply(job["_id"], rule)
             except Refused:
                 current = self.store.find(job["_id"])
                 if current is None:

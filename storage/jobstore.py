@@ -149,7 +149,7 @@ class JobStore:
         event.changed_at.GetCurrentTime()
         self.events(event)
 
-    def _apply(self, oid: ObjectId, rule: Callable[[Doc], dict[str, Any] | None]) -> tuple[Doc, bool]:
+    def apply(self, oid: ObjectId, rule: Callable[[Doc], dict[str, Any] | None]) -> tuple[Doc, bool]:
         doc, changed = self.guard.apply(oid, rule)
         if changed:
             self.changed(doc)
@@ -173,7 +173,7 @@ class JobStore:
                 lease=lease or self.lease.total_seconds(),
             )
 
-        return self._apply(oid, rule)
+        return self.apply(oid, rule)
 
     def report(
         self, oid: ObjectId, worker_id: str, progress: float, eta: float, lease: float
@@ -199,7 +199,7 @@ class JobStore:
 
     def finish(self, oid: ObjectId, worker_id: str, mp3_id: str, duration: float) -> Doc:
         moment = now()
-        doc, _ = self._apply(
+        doc, _ = self.apply(
             oid, lambda d: lifecycle.finish(d, worker_id, mp3_id, duration, moment, self.retention)
         )
         if not self.settings.keep_videos and doc.get("state") == SUCCEEDED:
@@ -208,11 +208,11 @@ class JobStore:
 
     def fail(self, oid: ObjectId, worker_id: str, reason: str) -> Doc:
         moment = now()
-        return self._apply(oid, lambda d: lifecycle.fail(d, worker_id, reason, moment))[0]
+        return self.apply(oid, lambda d: lifecycle.fail(d, worker_id, reason, moment))[0]
 
     def cancel(self, oid: ObjectId) -> tuple[Doc, bool]:
         moment = now()
-        return self._apply(oid, lambda d: lifecycle.cancel(d, moment))
+        return self.apply(oid, lambda d: lifecycle.cancel(d, moment))
 
     def remove(self, doc: Doc) -> None:
         """Cancel (if running), then delete the job, its video and its MP3s."""
@@ -240,7 +240,7 @@ class JobStore:
         if dead is not None and dead.get("holder") != notifier_id:
             # Its holder died between taking the lease and marking: the email may be out.
             log.warning("email lease expired unmarked; not sending again", extra={"job_id": str(oid)})
-            doc, _ = self._apply(oid, lambda d: None if d.get("notified") else {"notified": True})
+            doc, _ = self.apply(oid, lambda d: None if d.get("notified") else {"notified": True})
             return doc, False, False
         if not self.leases.take(name, notifier_id, lease or 60.0):
             return doc, False, True
@@ -251,7 +251,7 @@ class JobStore:
         return doc, True, False
 
     def mark_notified(self, oid: ObjectId, notifier_id: str) -> Doc:
-        doc, _ = self._apply(oid, lifecycle.mark_notified)
+        doc, _ = self.apply(oid, lifecycle.mark_notified)
         if notifier_id:
             self.leases.release(notify_lease(str(oid)), notifier_id)
         return doc
@@ -277,7 +277,7 @@ class JobStore:
     def remove_video(self, doc: Doc) -> Doc:
         """Delete the job's video and record it (retention)."""
         self._delete_video(doc)
-        return self._apply(doc["_id"], lifecycle.video_removed)[0]
+        return self.apply(doc["_id"], lifecycle.video_removed)[0]
 
     def expire(self, doc: Doc) -> bool:
         """Remove an MP3 past its expiry and mark the job expired."""
@@ -288,7 +288,7 @@ class JobStore:
             self.mongo.delete_file(storage_pb2.BUCKET_MP3S, ObjectId(doc.get("mp3_id", "")))
         except InvalidId:
             pass
-        return self._apply(doc["_id"], lambda d: lifecycle.expire(d, moment))[1]
+        return self.apply(doc["_id"], lambda d: lifecycle.expire(d, moment))[1]
 
     def is_expired_mp3(self, mp3_oid: ObjectId) -> bool:
         """Whether this MP3 belonged to a job whose MP3 expired."""

@@ -43,6 +43,8 @@ class Settings:
     # … and how long a job may stay queued (or converting without a live converter)
     # before it is published again.
     requeue_after_seconds: float = 300.0
+    # storage.sweeper's /healthz and /readyz (0: none).
+    health_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +67,7 @@ class Settings:
             keep_videos=env_bool("KEEP_VIDEOS", False, env),
             sweep_interval_seconds=env_float("SWEEP_INTERVAL_SECONDS", 30.0, env),
             requeue_after_seconds=env_float("REQUEUE_AFTER_SECONDS", 300.0, env),
+            health_port=env_int("HEALTH_PORT", 0, env),
         )
         settings.check()
         return settings

@@ -122,12 +122,10 @@ class Running:
         return count
 
 
-@pytest.fixture
-def notifier_process(
-    infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, tmp_path: Any
-) -> Iterator[Running]:
-    health_port = free_port()
-    env = {
+def _env(
+    vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, health_port: int
+) -> dict[str, str]:
+    return {
         **smtp_sink.env(),
         "MAIL_FROM": "video2mp3 <noreply@video2mp3.test>",
         "PUBLIC_BASE_URL": BASE,
@@ -142,6 +140,14 @@ def notifier_process(
         "HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture
+def notifier_process(
+    infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, tmp_path: Any
+) -> Iterator[Running]:
+    health_port = free_port()
+    env = _env(vhost_url, smtp_sink, auth_address, store, health_port)
     process = ServiceProcess(f"notifier-{health_port}", python_module("notifier"), env, tmp_path)
     process.start()
     publisher = Publisher(vhost_url)
@@ -284,6 +290,52 @@ def test_bad_message_is_parked_and_the_consumer_keeps_going(
     [msg] = smtp_sink.mailbox.wait_for(user.email, timeout=30)
     assert msg["Subject"] == "Your MP3 is ready: y.mp4"
     assert notifier_process.process.alive()
+
+
+def test_notifier_killed_between_send_and_mark_sends_one_email(
+    vhost_url: str,
+    smtp_sink: SmtpSink,
+    auth_address: str,
+    store: RealStore,
+    auth_stub: auth_pb2_grpc.AuthServiceStub,
+    tmp_path: Any,
+) -> None:
+    marker = tmp_path / "sent"
+    port = free_port()
+    env = {**_env(vhost_url, smtp_sink, auth_address, store, port), "NOTIFY_LEASE_SECONDS": "3"}
+    paused = ServiceProcess(
+        "notifier-paused",
+        python_module("tests.notifier_paused"),
+        {**env, "PAUSED_MARKER": str(marker)},
+        tmp_path,
+    ).start()
+    publisher = Publisher(vhost_url)
+    second: ServiceProcess | None = None
+    try:
+        wait_for(lambda: _ready(port), timeout=30, what="notifier ready")
+        user = _register(auth_stub, "proc-kill")
+        event = _success_event(store, user, "killed.mp4")
+        publisher.publish(RK_SUCCEEDED, event, correlation_id=event.job_id)
+        wait_for(marker.exists, timeout=30, what="the email sent, the mark not yet")
+        smtp_sink.mailbox.wait_for(user.email, timeout=30)
+        paused.signal(signal.SIGKILL)  # dies between the SMTP "250 OK" and the mark
+        assert not store.notified(event.job_id)
+        port = free_port()
+        second = ServiceProcess(
+            f"notifier-{port}", python_module("notifier"), {**env, "HEALTH_PORT": str(port)}, tmp_path
+        )
+        second.start()  # the message comes back to this one
+        wait_for(
+            lambda: store.notified(event.job_id), timeout=60, what="notified mark by the second notifier"
+        )
+        publisher.publish(RK_SUCCEEDED, event, correlation_id=event.job_id)  # and a duplicate
+        time.sleep(2)
+        assert len(smtp_sink.mailbox.to(user.email)) == 1
+    finally:
+        publisher.close()
+        paused.stop()
+        if second is not None:
+            second.stop()
 
 
 def test_sigterm_stops_cleanly(notifier_process: Running) -> None:

@@ -11,7 +11,6 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -19,7 +18,6 @@ from unittest import mock
 import pika
 import pytest
 import requests
-from bson import ObjectId
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
@@ -320,38 +318,6 @@ def test_download_access_rules(
     channel.close()
 
 
-# ------------------------------------------------------------------------------------ sweeper
-
-
-def test_sweeper_publishes_stuck_jobs_once(
-    media_gateway_factory: Callable[..., Any], storage_service: StorageHandle, infra: Infra
-) -> None:
-    gateway = media_gateway_factory(REQUEUE_AFTER_SECONDS="60")
-    sweeper = gateway.extensions["video2mp3.sweeper"]
-    requested_messages(infra)  # start from an empty queue
-    # A job whose publish was lost: created, never sent, last touched 10 minutes ago.
-    video = storage_service.upload(b"lost video", owner_id="sweep-owner")
-    job = storage_service.jobs.CreateJob(
-        jobs_pb2.CreateJobRequest(owner_id="sweep-owner", owner_email="s@example.com", video_id=video.id)
-    ).job
-    jobs = storage_service.db[storage_service.settings.jobs_collection]
-    old = datetime.now(UTC) - timedelta(minutes=10)
-    jobs.update_one({"_id": ObjectId(job.id)}, {"$set": {"updated_at": old}})
-    # A fresh queued job and a converting one are left alone.
-    fresh = storage_service.jobs.CreateJob(
-        jobs_pb2.CreateJobRequest(owner_id="sweep-owner", video_id=video.id)
-    ).job
-
-    assert sweeper.sweep_once() >= 1
-    messages = requested_messages(infra)
-    assert job.id in messages and fresh.id not in messages
-    event = events_pb2.ConversionRequested.FromString(messages[job.id][1])
-    assert event.video_id == video.id and event.owner_email == "s@example.com"
-    # Claimed: the next pass (here or in another gateway) does not send it again.
-    assert sweeper.sweep_once() == 0
-    assert job.id not in requested_messages(infra)
-
-
 # ------------------------------------------------------------------- under gunicorn, streaming
 
 
@@ -386,7 +352,6 @@ def test_streaming_through_gunicorn(
         GUNICORN_WORKERS="1",
         GUNICORN_THREADS="4",
         MAX_UPLOAD_BYTES=str(256 * MIB),
-        SWEEP_INTERVAL_SECONDS="0",
     )
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     proc = ServiceProcess(

@@ -38,6 +38,7 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             "STORAGE_PORT",
             "CONVERTER_HEALTH_PORT",
             "NOTIFIER_HEALTH_PORT",
+            "SWEEPER_HEALTH_PORT",
         )
     }
     env = {

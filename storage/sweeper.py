@@ -1,0 +1,198 @@
+"""``python -m storage.sweeper``: recovery and retention of jobs, in a process of its own.
+
+Every ``SWEEP_INTERVAL_SECONDS`` (with jitter) the process takes the ``sweeper`` lease
+(storage/guard.py: one holder among any number of replicas; a dead holder's lease runs out
+after three intervals) and, while holding it, runs one pass:
+
+* jobs ``queued`` for longer than ``REQUEUE_AFTER_SECONDS``, and jobs ``converting``
+  whose converter's lease ran out that long ago, are published again (ConversionRequested):
+  a crashed gateway or a lost message leaves nothing stuck. Each re-publication is claimed
+  through the job's version (storage/lifecycle.requeue), so even two passes racing
+  publish a job once; the converter's ClaimJob takes the job over from a dead converter.
+* MP3s past their ``expires_at`` (``MP3_RETENTION_DAYS`` after success) are removed and
+  their jobs marked ``expired``; a download then answers 410 Gone.
+* videos of succeeded jobs are removed (unless ``KEEP_VIDEOS``: storage removes them when
+  the MP3 is stored; this catches a crash in between), videos of failed and cancelled jobs
+  ``VIDEO_RETENTION_HOURS`` after they finished.
+
+It talks to MongoDB through storage's own code (the lifecycle has one owner) and to
+RabbitMQ to publish.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pymongo
+import pymongo.errors
+from video2mp3.events.v1 import events_pb2
+from video2mp3.storage.v1 import jobs_pb2
+
+from common.amqp import RK_REQUESTED, Publisher, PublishError
+from common.config import SettingsError, exit_on_settings_error
+from common.logs import setup_logging
+from common.worker_health import start_health_server
+from storage import lifecycle
+from storage.jobstore import JobStore, to_job
+from storage.lifecycle import CANCELLED, CONVERTING, FAILED, QUEUED, SUCCEEDED
+from storage.mongo import Mongo, now
+from storage.settings import Settings
+
+log = logging.getLogger("storage.sweeper")
+
+LEASE = "sweeper"
+BATCH = 200
+
+
+def conversion_requested(job: jobs_pb2.Job) -> events_pb2.ConversionRequested:
+    event = events_pb2.ConversionRequested(
+        job_id=job.id,
+        video_id=job.video_id,
+        owner_id=job.owner_id,
+        owner_email=job.owner_email,
+        filename=job.filename,
+    )
+    event.requested_at.GetCurrentTime()
+    return event
+
+
+@dataclass
+class Pass:
+    requeued: int = 0
+    expired: int = 0
+    videos: int = 0
+
+
+class Sweeper:
+    def __init__(self, store: JobStore, publisher: Any, settings: Settings, holder: str = "") -> None:
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop = threading.Event()
+        self.healthy = threading.Event()
+
+    def sweep_once(self) -> Pass | None:
+        """One pass if this process holds the lease (None otherwise)."""
+        if not self.store.leases.take(LEASE, self.holder, self.settings.sweep_interval_seconds * 3):
+            return None
+        done = Pass()
+        done.requeued = self._requeue()
+        done.expired = self._expire()
+        done.videos = self._videos()
+        if done.requeued or done.expired or done.videos:
+            log.info(
+                "sweep", extra={"requeued": done.requeued, "expired": done.expired, "videos": done.videos}
+            )
+        return done
+
+    def _requeue(self) -> int:
+        moment = now()
+        cutoff = moment - timedelta(seconds=self.settings.requeue_after_seconds)
+        published = 0
+        stale = self.store.jobs.find({"state": {"$in": [QUEUED, CONVERTING]}, "updated_at": {"$lt": cutoff}})
+        for doc in stale.sort("updated_at", pymongo.ASCENDING).limit(BATCH):
+            progress = self.store.progress.find_one({"_id": str(doc["_id"])})
+            live = lifecycle.lease_live(doc, progress, moment)
+            rule = functools.partial(lifecycle.requeue, stale_before=cutoff, live=live)
+            claimed, changed = self.store.apply(doc["_id"], rule)
+            if not changed:
+                continue  # started, finished or published by another pass meanwhile
+            try:
+                self.publisher.publish(
+                    RK_REQUESTED, conversion_requested(to_job(claimed)), correlation_id=str(doc["_id"])
+                )
+            except PublishError as error:
+                # Claimed but not sent: it becomes stale again and a later pass retries it.
+                log.warning(
+                    "broker unavailable; will retry", extra={"job_id": str(doc["_id"]), "error": str(error)}
+                )
+                break
+            published += 1
+            log.info(
+                "job published again",
+                extra={"job_id": str(doc["_id"]), "state": lifecycle.state_name(doc["state"])},
+            )
+        return published
+
+    def _expire(self) -> int:
+        due = self.store.jobs.find(
+            {"state": SUCCEEDED, "expired": {"$ne": True}, "expires_at": {"$lt": now()}}
+        )
+        return sum(1 for doc in list(due.limit(BATCH)) if self.store.expire(doc))
+
+    def _videos(self) -> int:
+        removed = 0
+        finished = now() - timedelta(hours=self.settings.video_retention_hours)
+        queries: list[dict[str, Any]] = [
+            {
+                "state": {"$in": [FAILED, CANCELLED]},
+                "video_deleted": {"$ne": True},
+                "finished_at": {"$lt": finished},
+            }
+        ]
+        if not self.settings.keep_videos:
+            queries.append({"state": SUCCEEDED, "video_deleted": {"$ne": True}})
+        for query in queries:
+            for doc in list(self.store.jobs.find(query).limit(BATCH)):
+                self.store.remove_video(doc)
+                removed += 1
+        return removed
+
+    def run(self) -> None:
+        interval = self.settings.sweep_interval_seconds
+        delay = random.uniform(0, interval * 0.2)  # noqa: S311 - jitter only
+        while not self.stop.wait(delay):
+            try:
+                self.sweep_once()
+                self.healthy.set()
+            except (pymongo.errors.PyMongoError, PublishError) as error:
+                self.healthy.clear()
+                log.warning("sweep failed; will retry", extra={"error": repr(error)})
+            except Exception:
+                log.exception("sweep failed unexpectedly")
+            delay = interval * random.uniform(0.8, 1.2)  # noqa: S311 - jitter only
+        self.store.leases.release(LEASE, self.holder)
+
+
+def main() -> None:
+    setup_logging("sweeper")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        exit_on_settings_error("sweeper", error)
+        return
+    mongo = Mongo(settings)
+    mongo.ensure_indexes()
+    publisher = Publisher(settings.rabbitmq_url)
+    sweeper = Sweeper(JobStore(mongo, settings), publisher, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sweeper.stop.set())
+    health = (
+        start_health_server(settings.health_port, sweeper.healthy.is_set) if settings.health_port else None
+    )
+    log.info(
+        "sweeper starting", extra={"interval_s": settings.sweep_interval_seconds, "holder": sweeper.holder}
+    )
+    try:
+        sweeper.run()
+    finally:
+        if health is not None:
+            health.shutdown()
+        publisher.close()
+        mongo.close()
+        log.info("sweeper stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""storage.sweeper against the real servers: two replicas publish a stuck job once; MP3s
+expire (410 material: the download is refused, files and chunks gone); videos retained as
+configured."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from bson import ObjectId
+from video2mp3.events.v1 import events_pb2
+from video2mp3.storage.v1 import jobs_pb2, storage_pb2
+
+from dev.wait_healthy import http_ok
+from storage.jobstore import JobStore
+from storage.mongo import Mongo
+from storage.settings import Settings
+from storage.sweeper import Sweeper
+from tests.fixtures.infra import Infra
+from tests.fixtures.storage import StorageHandle
+from tests.support import ServiceProcess, free_port, python_module, wait_for
+from tests.test_storage_jobs import new_job
+
+MP3S = storage_pb2.BUCKET_MP3S
+
+
+def requested_for(infra: Infra, job_id: str, queue: str) -> int:
+    """ConversionRequested messages for this job in the queue (others are put back)."""
+    connection = infra.amqp()
+    try:
+        channel = connection.channel()
+        count, others = 0, []
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            if props.correlation_id == job_id:
+                assert events_pb2.ConversionRequested.FromString(body).job_id == job_id
+                count += 1
+                channel.basic_ack(method.delivery_tag)
+            else:
+                others.append(method.delivery_tag)
+        for tag in others:
+            channel.basic_nack(tag, requeue=True)
+        return count
+    finally:
+        connection.close()
+
+
+def test_two_sweeper_replicas_publish_a_stuck_job_once(
+    infra: Infra, storage_service: StorageHandle, tmp_path: Path
+) -> None:
+    queue = f"video-sweep-{time.monotonic_ns()}"
+    env = {
+        **infra.service_env(),
+        "MONGO_DB": storage_service.settings.mongo_db,
+        "VIDEO_QUEUE": queue,
+        "SWEEP_INTERVAL_SECONDS": "0.3",
+        "REQUEUE_AFTER_SECONDS": "60",
+    }
+    connection = infra.amqp()
+    channel = connection.channel()
+    channel.exchange_declare("video2mp3", exchange_type="topic", durable=True)
+    channel.queue_declare(queue, auto_delete=True)
+    channel.queue_bind(queue, "video2mp3", routing_key="conversion.requested")
+    job = new_job(storage_service, f"stuck-{time.monotonic_ns()}")
+    storage_service.db[storage_service.settings.jobs_collection].update_one(
+        {"_id": ObjectId(job.id)}, {"$set": {"updated_at": datetime.now(UTC) - timedelta(seconds=120)}}
+    )
+    sweepers = []
+    for i in (1, 2):
+        port = free_port()
+        proc = ServiceProcess(
+            f"sweeper-{i}", python_module("storage.sweeper"), {**env, "HEALTH_PORT": str(port)}, tmp_path
+        )
+        sweepers.append(proc.start())
+        wait_for(lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, what="sweeper ready")  # type: ignore[misc]
+    try:
+        seen = 0
+        deadline = time.monotonic() + 5  # some 15 passes of each replica
+        while time.monotonic() < deadline:
+            seen += requested_for(infra, job.id, queue)
+            time.sleep(0.2)
+        assert seen == 1, "\n".join(p.logs() for p in sweepers)
+        assert all(p.alive() for p in sweepers)
+    finally:
+        for proc in sweepers:
+            proc.stop()
+        connection.close()
+        requested_for(infra, job.id, "video")  # the default work queue got it too: take it out
+
+
+def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
+    settings = Settings.from_env(
+        {
+            "MONGO_URI": storage.settings.mongo_uri,
+            "MONGO_DB": storage.settings.mongo_db,
+            "RABBITMQ_URL": "amqp://unused",
+            **env,
+        }
+    )
+    return Sweeper(
+        JobStore(Mongo(settings), settings), publisher=None, settings=settings, holder=f"t{os.getpid()}"
+    )
+
+
+def test_mp3_expiry_removes_the_file_and_refuses_downloads(
+    storage_service: StorageHandle, start_storage: Callable[..., StorageHandle]
+) -> None:
+    short = start_storage(MP3_RETENTION_DAYS=str(1.5 / 86400), MONGO_DB=storage_service.settings.mongo_db)
+    job = new_job(short, f"exp-{time.monotonic_ns()}")
+    short.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id="w"))
+    mp3 = short.upload(
+        os.urandom(700_000), owner_id=job.owner_id, bucket=MP3S, job_id=job.id, filename="a.mp3"
+    )
+    done = short.jobs.FinishJob(jobs_pb2.FinishJobRequest(job_id=job.id, worker_id="w", mp3_id=mp3.id)).job
+    assert done.expires_at.ToDatetime(UTC) < datetime.now(UTC) + timedelta(seconds=5)
+    assert short.download(mp3.id, bucket=MP3S)[1]  # still there
+    chunks = short.db[f"{short.settings.mp3_bucket}.chunks"]
+    assert chunks.count_documents({"files_id": ObjectId(mp3.id)}) > 0
+    time.sleep(2)
+    with pytest.raises(grpc.RpcError) as caught:
+        short.download(mp3.id, owner_id=job.owner_id, bucket=MP3S)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "expired" in (
+        caught.value.details() or ""
+    )
+    swept = _sweeper(short, SWEEP_INTERVAL_SECONDS="1").sweep_once()
+    assert swept is not None and swept.expired >= 1
+    assert short.db[f"{short.settings.mp3_bucket}.files"].count_documents({"_id": ObjectId(mp3.id)}) == 0
+    assert chunks.count_documents({"files_id": ObjectId(mp3.id)}) == 0
+    got = short.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job
+    assert got.expired and got.state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_videos_of_failed_jobs_go_after_their_retention(storage_service: StorageHandle) -> None:
+    job = new_job(storage_service, f"vid-{time.monotonic_ns()}")
+    storage_service.jobs.FailJob(jobs_pb2.FailJobRequest(job_id=job.id, reason="bad media"))
+    videos = storage_service.db[f"{storage_service.settings.video_bucket}.files"]
+    keep = _sweeper(storage_service, VIDEO_RETENTION_HOURS="1")
+    keep.sweep_once()
+    assert videos.count_documents({"_id": ObjectId(job.video_id)}) == 1  # within its retention
+    time.sleep(0.2)
+    gone = _sweeper(storage_service, VIDEO_RETENTION_HOURS=str(0.1 / 3600))
+    gone.sweep_once()
+    assert videos.count_documents({"_id": ObjectId(job.video_id)}) == 0
+    assert storage_service.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job.video_deleted
