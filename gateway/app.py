@@ -14,8 +14,9 @@ from common.config import SettingsError, exit_on_settings_error
 from common.logs import setup_logging
 from gateway import errors, metrics
 from gateway.clients import EXTENSION, Clients
+from gateway.events import EventHub
 from gateway.settings import Settings
-from gateway.views import download, identity, jobs, ops, upload
+from gateway.views import download, events, identity, jobs, ops, upload
 
 log = logging.getLogger("gateway.http")
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["video2mp3.settings"] = settings
     app.extensions[EXTENSION] = Clients(settings)
+    app.extensions[events.HUB] = EventHub(settings.rabbitmq_url)
     if settings.trusted_proxy_count:
         n = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
@@ -80,5 +82,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(identity.bp)
     app.register_blueprint(upload.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(events.bp)
     app.register_blueprint(download.bp)
     return app

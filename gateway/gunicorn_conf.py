@@ -1,7 +1,17 @@
 """gunicorn configuration: ``gunicorn -c python:gateway.gunicorn_conf 'gateway.app:create_app()'``.
 
-Binds to ``BIND_HOST:GATEWAY_PORT``, gthread workers (uploads stream through threads),
-gunicorn's own logs as JSON lines like every other service.
+Binds to ``BIND_HOST:GATEWAY_PORT``; gunicorn's own logs as JSON lines like every other
+service.
+
+Server model: ``gevent`` workers. Every connection is a greenlet, so the open
+Server-Sent-Event streams (``GET /events``, ``GET /jobs/<id>/events``: each held open for
+as long as a job runs) and slow clients cost a little memory each, never a thread: 200
+open streams leave uploads and ``/healthz`` served (tests/test_gateway_events.py). With
+gthread workers each stream held one of 2 x 8 threads and 16 of them starved everything
+else. What makes it work under gevent: ``grpc.experimental.gevent.init_gevent()`` right
+after gunicorn's monkey-patching (``post_worker_init`` below), so gRPC calls and the
+upload's request stream yield to other greenlets; pika's BlockingConnection and the
+Prometheus multiprocess files use the patched sockets and files as they are.
 """
 
 from __future__ import annotations
@@ -18,9 +28,9 @@ except SettingsError as _error:
     raise
 
 bind = f"{_settings.bind_host}:{_settings.port}"
-worker_class = "gthread"
+worker_class = "gevent"
 workers = _settings.workers
-threads = _settings.threads
+worker_connections = _settings.worker_connections
 timeout = _settings.worker_timeout_seconds
 graceful_timeout = 30
 keepalive = 5
@@ -44,6 +54,13 @@ logconfig_dict: dict[str, Any] = {
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
 }
+
+
+def post_worker_init(worker: Any) -> None:
+    # gunicorn's gevent worker has monkey-patched the process; gRPC must cooperate too.
+    from grpc.experimental import gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()
 
 
 def child_exit(server: Any, worker: Any) -> None:

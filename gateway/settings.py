@@ -25,7 +25,10 @@ class Settings:
     trusted_proxy_count: int = 0
     # gunicorn (gateway/gunicorn_conf.py)
     workers: int = 2
-    threads: int = 8
+    # Open connections per worker (gevent: one greenlet each; event streams stay open).
+    worker_connections: int = 1000
+    # Server-Sent Events: a comment line this often keeps proxies from closing a quiet stream.
+    sse_heartbeat_seconds: float = 15.0
     worker_timeout_seconds: int = 120
     prometheus_multiproc_dir: str = ""
 
@@ -44,7 +47,8 @@ class Settings:
             readiness_timeout_seconds=env_float("READINESS_TIMEOUT_SECONDS", 2.0, env),
             trusted_proxy_count=env_int("TRUSTED_PROXY_COUNT", 0, env),
             workers=env_int("GUNICORN_WORKERS", 2, env),
-            threads=env_int("GUNICORN_THREADS", 8, env),
+            worker_connections=env_int("GUNICORN_WORKER_CONNECTIONS", 1000, env),
+            sse_heartbeat_seconds=env_float("SSE_HEARTBEAT_SECONDS", 15.0, env),
             worker_timeout_seconds=env_int("GUNICORN_TIMEOUT_SECONDS", 120, env),
             prometheus_multiproc_dir=env_str("PROMETHEUS_MULTIPROC_DIR", "", env),
         )
@@ -58,7 +62,8 @@ class Settings:
             ("GRPC_TIMEOUT_SECONDS", settings.grpc_timeout_seconds),
             ("READINESS_TIMEOUT_SECONDS", settings.readiness_timeout_seconds),
             ("GUNICORN_WORKERS", settings.workers),
-            ("GUNICORN_THREADS", settings.threads),
+            ("GUNICORN_WORKER_CONNECTIONS", settings.worker_connections),
+            ("SSE_HEARTBEAT_SECONDS", settings.sse_heartbeat_seconds),
         ):
             if value <= 0:
                 raise SettingsError(f"environment variable {name} must be positive, got {value}")

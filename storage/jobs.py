@@ -99,7 +99,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 "failure_reason": "",
                 "notified": False,
                 "duration_seconds": 0.0,
-                "version": 0,
+                "version": 1,  # 0 is a progress report in JobChanged events
                 "created_at": created,
                 "updated_at": created,
             }

@@ -1,4 +1,4 @@
-"""The gateway as production runs it: gunicorn with gthread workers, as a real process."""
+"""The gateway as production runs it: gunicorn with gevent workers, as a real process."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ def test_gateway_under_gunicorn(infra: Any, auth_address: str, tmp_path: Path) -
         GATEWAY_PORT=str(port),
         BIND_HOST="127.0.0.1",
         GUNICORN_WORKERS="2",
-        GUNICORN_THREADS="4",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     gunicorn = str(Path(sys.executable).parent / "gunicorn")

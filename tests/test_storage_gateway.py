@@ -350,7 +350,6 @@ def test_streaming_through_gunicorn(
         STORAGE_SVC_ADDRESS=storage_service.address,
         GATEWAY_PORT=str(port),
         GUNICORN_WORKERS="1",
-        GUNICORN_THREADS="4",
         MAX_UPLOAD_BYTES=str(256 * MIB),
     )
     gunicorn = str(Path(sys.executable).parent / "gunicorn")

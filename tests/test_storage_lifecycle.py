@@ -97,7 +97,7 @@ def test_claims_are_exact_across_processes(storage_service: StorageHandle) -> No
     assert sorted(wins) == sorted(jobs)  # every job claimed exactly once
     for job_id in jobs:
         job = storage_service.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id)).job
-        assert job.state == C and job.attempts == 1 and job.version == 1
+        assert job.state == C and job.attempts == 1 and job.version == 2
 
 
 def test_claim_progress_finish(storage_service: StorageHandle) -> None:
@@ -277,5 +277,5 @@ def test_events_follow_every_change(storage_service: StorageHandle) -> None:
     store.claim(oid, "w", take_over=False, lease=30)
     store.report(oid, "w", 0.5, 1.0, 0)
     store.cancel(oid)
-    assert [(e.state, e.version) for e in seen] == [(C, 1), (C, 0), (X, 2)]
+    assert [(e.state, e.version) for e in seen] == [(C, 2), (C, 0), (X, 3)]
     assert seen[1].progress == 0.5 and all(e.owner_id == job.owner_id for e in seen)

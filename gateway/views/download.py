@@ -84,11 +84,17 @@ def download() -> Response:
         raise ApiError(400, "invalid_argument", "the fid parameter is required")
     user = _download_user(file_id)
     clients = get_clients()
-    stat = clients.storage.Stat(
-        storage_pb2.StatRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=file_id, owner_id=user.id),
-        timeout=grpc_timeout(),
-        metadata=call_metadata(),
-    ).file
+    try:
+        stat = clients.storage.Stat(
+            storage_pb2.StatRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=file_id, owner_id=user.id),
+            timeout=grpc_timeout(),
+            metadata=call_metadata(),
+        ).file
+    except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            # Its retention (MP3_RETENTION_DAYS) ran out: gone for good, not just missing.
+            raise ApiError(410, "gone", "this MP3 expired and was removed") from None
+        raise
     etag = stat.sha256 or stat.id
     byte_range = _byte_range(stat.size, etag)
     start, stop = byte_range if byte_range is not None else (0, stat.size)

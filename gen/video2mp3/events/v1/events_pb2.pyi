@@ -172,7 +172,9 @@ class JobChanged(_message.Message):
     progress: _builtins.float
     eta_seconds: _builtins.float
     version: _builtins.int
-    """The record's version; 0 for a progress report (progress is kept beside the record)."""
+    """The record's version (1 when created); 0 for a progress report (progress is kept
+    beside the record).
+    """
     removed: _builtins.bool
     """The job was deleted."""
     @_builtins.property

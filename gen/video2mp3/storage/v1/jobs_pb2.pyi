@@ -94,7 +94,7 @@ class Job(_message.Message):
     expired: _builtins.bool
     """The MP3 was removed at expires_at."""
     version: _builtins.int
-    """Bumped by every change of the record (events carry it; newer wins)."""
+    """1 when created, bumped by every change of the record (events carry it; newer wins)."""
     video_deleted: _builtins.bool
     """The uploaded video was removed (retention)."""
     @_builtins.property
