@@ -46,30 +46,49 @@ class Settings:
     # storage.sweeper's /healthz and /readyz (0: none).
     health_port: int = 0
 
+    @staticmethod
+    def _shared(env: Mapping[str, str] | None) -> dict[str, object]:
+        """What the storage server and storage.sweeper both read."""
+        return {
+            "mongo_uri": mongo_uri(env),
+            "mongo_db": env_str("MONGO_DB", "video2mp3", env),
+            "video_bucket": env_str("VIDEO_BUCKET", "videos", env),
+            "mp3_bucket": env_str("MP3_BUCKET", "mp3s", env),
+            "jobs_collection": env_str("JOBS_COLLECTION", "jobs", env),
+            "mongo_timeout_ms": env_int("MONGO_TIMEOUT_MS", 5000, env),
+            "rabbitmq_url": rabbitmq_url(env),
+            "keep_videos": env_bool("KEEP_VIDEOS", False, env),
+        }
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The storage server's settings."""
         settings = cls(
             bind_host=env_str("BIND_HOST", "127.0.0.1", env),
             port=env_int("STORAGE_PORT", 5001, env),
-            mongo_uri=mongo_uri(env),
-            mongo_db=env_str("MONGO_DB", "video2mp3", env),
-            video_bucket=env_str("VIDEO_BUCKET", "videos", env),
-            mp3_bucket=env_str("MP3_BUCKET", "mp3s", env),
-            jobs_collection=env_str("JOBS_COLLECTION", "jobs", env),
             max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 512 * MIB, env),
             chunk_bytes=env_int("STORAGE_CHUNK_BYTES", MIB, env),
-            mongo_timeout_ms=env_int("MONGO_TIMEOUT_MS", 5000, env),
             grpc_workers=env_int("STORAGE_GRPC_WORKERS", 32, env),
-            rabbitmq_url=rabbitmq_url(env),
             job_lease_seconds=env_float("JOB_LEASE_SECONDS", 30.0, env),
             mp3_retention_days=env_float("MP3_RETENTION_DAYS", 7.0, env),
+            **cls._shared(env),  # type: ignore[arg-type]
+        )
+        settings.check()
+        return settings
+
+    @classmethod
+    def sweeper_from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``python -m storage.sweeper``."""
+        settings = cls(
             video_retention_hours=env_float("VIDEO_RETENTION_HOURS", 24.0, env),
-            keep_videos=env_bool("KEEP_VIDEOS", False, env),
             sweep_interval_seconds=env_float("SWEEP_INTERVAL_SECONDS", 30.0, env),
             requeue_after_seconds=env_float("REQUEUE_AFTER_SECONDS", 300.0, env),
             health_port=env_int("HEALTH_PORT", 0, env),
+            **cls._shared(env),  # type: ignore[arg-type]
         )
         settings.check()
+        if not 0 <= settings.health_port < 65536:
+            raise SettingsError(f"HEALTH_PORT must be a TCP port, got {settings.health_port}")
         return settings
 
     def check(self) -> None:

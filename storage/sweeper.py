@@ -168,7 +168,7 @@ class Sweeper:
 def main() -> None:
     setup_logging("sweeper")
     try:
-        settings = Settings.from_env()
+        settings = Settings.sweeper_from_env()
     except SettingsError as error:
         exit_on_settings_error("sweeper", error)
         return

@@ -34,9 +34,13 @@ from tests.support import ROOT
 TOOLS = ROOT / "dev" / "k8s-tools.sh"
 MANIFESTS = ROOT / "manifests"
 NAMESPACE = "video2mp3"
-SERVICES = ("gateway", "auth", "storage", "converter", "notifier")
+SERVICES = ("gateway", "auth", "storage", "converter", "notifier", "sweeper")
 GRPC_SERVICES = {"auth": "video2mp3.auth.v1.AuthService", "storage": "video2mp3.storage.v1.StorageService"}
-WORKERS = ("converter", "notifier")
+WORKERS = ("converter", "notifier", "sweeper")
+# Where a service's code lives when not in a package of its name: the module ``python -m``
+# runs, and the package and Settings constructor whose reads the manifests must match.
+MODULE = {"sweeper": "storage.sweeper"}
+SETTINGS_OF = {"sweeper": ("storage", "sweeper_from_env")}
 # The port each service listens on, by the name of the setting that sets it.
 PORT_SETTING = {
     "gateway": "GATEWAY_PORT",
@@ -44,6 +48,7 @@ PORT_SETTING = {
     "storage": "STORAGE_PORT",
     "converter": "HEALTH_PORT",
     "notifier": "HEALTH_PORT",
+    "sweeper": "HEALTH_PORT",
 }
 # Names a service reads that the manifests deliberately leave to the code's default, and why.
 LEFT_TO_DEFAULT: dict[str, dict[str, str]] = {
@@ -270,7 +275,7 @@ def test_keda_component_renders_and_agrees(with_keda: Rendered, base: Rendered, 
 PROBE = r"""
 import importlib, json, os, sys
 
-service = sys.argv[1]
+service, package, constructor = sys.argv[1:4]
 envs = json.load(sys.stdin)
 
 
@@ -292,7 +297,7 @@ class Recording(dict):
         return super().__contains__(key)
 
 
-settings = importlib.import_module(f"{service}.settings").Settings
+settings = importlib.import_module(f"{package}.settings").Settings
 results = []
 for env in envs:
     recording = Recording(env)
@@ -306,7 +311,7 @@ for env in envs:
         os.environ = real
     error = None
     try:
-        settings.from_env(recording)
+        getattr(settings, constructor)(recording)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     results.append({"read": sorted(recording.read), "error": error})
@@ -318,7 +323,7 @@ def settings_reads(service: str, *envs: dict[str, str]) -> list[tuple[set[str], 
     """For each environment: the names ``Settings.from_env`` (and the logging set-up) read, and
     the error that would stop the service, in a fresh interpreter."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, service],
+        [sys.executable, "-c", PROBE, service, *SETTINGS_OF.get(service, (service, "from_env"))],
         input=json.dumps(envs),
         capture_output=True,
         text=True,
@@ -333,7 +338,7 @@ def settings_reads(service: str, *envs: dict[str, str]) -> list[tuple[set[str], 
 
 
 def needs_service(service: str) -> None:
-    if not (ROOT / service / "settings.py").exists():
+    if not (ROOT / SETTINGS_OF.get(service, (service,))[0] / "settings.py").exists():
         pytest.skip(f"{service}/settings.py does not exist on this branch yet")
 
 
@@ -366,9 +371,13 @@ def test_required_settings_are_provided(base: Rendered, service: str) -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_command_runs_a_module_that_exists(base: Rendered, service: str) -> None:
     command = base.container(service)["command"]
-    assert command[:2] == ["python", "-m"] and command[2] == service
+    module = MODULE.get(service, service)
+    assert command[:2] == ["python", "-m"] and command[2] == module
     needs_service(service)
-    assert (ROOT / service / "__main__.py").exists(), f"python -m {service} needs {service}/__main__.py"
+    path = ROOT / module.replace(".", "/")
+    assert (path / "__main__.py").exists() or path.with_suffix(".py").exists(), (
+        f"python -m {module}: no such module"
+    )
 
 
 # ---------------------------------------------------------------- ports and addresses
@@ -501,6 +510,7 @@ def test_network_policies_admit_only_the_callers(base: Rendered) -> None:
 def test_shared_values_agree(base: Rendered) -> None:
     gateway, auth, storage = base.pod_env("gateway"), base.pod_env("auth"), base.pod_env("storage")
     converter, notifier = base.pod_env("converter"), base.pod_env("notifier")
+    sweeper = base.pod_env("sweeper")
     mysql, mongodb, rabbitmq = base.pod_env("mysql"), base.pod_env("mongodb"), base.pod_env("rabbitmq")
     # MySQL: the database, user and password auth uses are the ones MySQL creates.
     assert (auth["MYSQL_DB"], auth["MYSQL_USER"], auth["MYSQL_PASSWORD"]) == (
@@ -513,9 +523,12 @@ def test_shared_values_agree(base: Rendered) -> None:
     uri = urllib.parse.urlsplit(storage["MONGO_URI"])
     assert (uri.username, uri.password) == (mongodb["MONGO_APP_USER"], mongodb["MONGO_APP_PASSWORD"])
     assert uri.path.strip("/") == storage["MONGO_DB"] == mongodb["MONGO_APP_DB"]
+    # The sweeper works on storage's database with storage's own code: the same names.
+    for name in ("MONGO_URI", "MONGO_DB", "VIDEO_BUCKET", "MP3_BUCKET", "JOBS_COLLECTION", "KEEP_VIDEOS"):
+        assert sweeper[name] == storage[name], name
     assert urllib.parse.parse_qs(uri.query)["authSource"] == [mongodb["MONGO_APP_DB"]]
     # RabbitMQ: every URL carries the broker's user and password.
-    for env in (gateway, converter, notifier):
+    for env in (gateway, converter, notifier, storage, sweeper):
         url = urllib.parse.urlsplit(env["RABBITMQ_URL"])
         assert (url.username, url.password) == (
             rabbitmq["RABBITMQ_DEFAULT_USER"],
@@ -674,6 +687,8 @@ def test_dockerfile_is_hadolint_clean_and_as_promised(k8s_tools: None) -> None:
     assert "PYTHONUNBUFFERED=1" in text
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / source).exists() or source.rstrip("/") in SERVICES, f"COPY {source}"
+    for service in SERVICES:
+        assert f"COPY {MODULE.get(service, service).split('.')[0]}/" in text, f"{service} is in the image"
         assert f"!{source}" in (ROOT / ".dockerignore").read_text(), f".dockerignore keeps out {source}"
     for service in SERVICES:
         pod = base_pod_user(service)

@@ -96,7 +96,7 @@ def test_two_sweeper_replicas_publish_a_stuck_job_once(
 
 
 def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
-    settings = Settings.from_env(
+    settings = Settings.sweeper_from_env(
         {
             "MONGO_URI": storage.settings.mongo_uri,
             "MONGO_DB": storage.settings.mongo_db,
