@@ -14,8 +14,8 @@ import pytest
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.amqp import dead_queue
+from common.file_streams import UploadStream
 from common.grpc_client import insecure_channel
-from storage.client import upload_requests
 from tests.fixtures.converter import ConverterRunner, MediaCache
 from tests.fixtures.infra import Infra, rabbitmqctl
 from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
@@ -66,7 +66,7 @@ class StorageProcess:
         )
         data = source.read_bytes()
         chunks = (data[start : start + 256 * 1024] for start in range(0, len(data), 256 * 1024))
-        info = self.files.Upload(upload_requests(header, chunks), timeout=30).file
+        info = self.files.Upload(UploadStream(header, chunks), timeout=30).file
         return self.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(
                 owner_id=owner, owner_email=f"{owner}@example.com", video_id=info.id, filename=name

@@ -17,8 +17,9 @@ from google.protobuf.message import Message
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from common.amqp import Delivery, Outcome, PublishError, TransientError
 from common.config import SettingsError
+from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
 from tests.fixtures.converter import FakeStorageServer, MediaCache
