@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -263,14 +262,6 @@ class Consumer:
                 connection.add_callback_threadsafe(self._cancel)
             except (pika.exceptions.AMQPError, OSError, AttributeError):
                 pass
-
-    def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
-            self.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
 
     # -- internals
     def _cancel(self) -> None:
