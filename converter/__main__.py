@@ -1,6 +1,6 @@
 """``python -m converter``: consume the video queue until SIGTERM, then exit 0.
 
-WORKERS consumers (each one AMQP connection, up to PREFETCH jobs at once) share one gRPC
+CONVERTER_WORKERS consumers (each one AMQP connection, up to CONVERTER_PREFETCH jobs at once) share one gRPC
 channel and one confirming publisher. On SIGTERM or SIGINT they stop taking messages and
 finish the jobs in hand; after CONVERTER_STOP_GRACE_SECONDS a job still running is cut
 off (its upload cancelled, its message left unacked) so another worker gets it again.

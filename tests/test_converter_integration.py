@@ -128,7 +128,7 @@ def test_every_container_and_codec_end_to_end(
     specs += [MediaSpec(container=c, video_codec=None, duration=1.0) for c in AUDIO_ONLY]
     sources = [media_cache.get(spec) for spec in specs]
     jobs = [storage.add_job(source) for source in sources]
-    worker = runner.start(WORKERS="2", PREFETCH="1")
+    worker = runner.start(CONVERTER_WORKERS="2", CONVERTER_PREFETCH="1")
     wait_for(lambda: worker.logs().count('"consuming"') == 2, 20, what="two consumers")
     for job in jobs:
         runner.request(job)

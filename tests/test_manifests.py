@@ -42,8 +42,8 @@ PORT_SETTING = {
     "gateway": "GATEWAY_PORT",
     "auth": "AUTH_PORT",
     "storage": "STORAGE_PORT",
-    "converter": "HEALTH_PORT",
-    "notifier": "HEALTH_PORT",
+    "converter": "CONVERTER_HEALTH_PORT",
+    "notifier": "NOTIFIER_HEALTH_PORT",
 }
 # Names a service reads that the manifests deliberately leave to the code's default, and why.
 LEFT_TO_DEFAULT: dict[str, dict[str, str]] = {

@@ -140,7 +140,7 @@ def notifier_process(
         "NOTIFIER_RETRY_MAX_SECONDS": "2",
         "NOTIFIER_MAX_ATTEMPTS": "40",
         "SMTP_TIMEOUT_SECONDS": "3",
-        "HEALTH_PORT": str(health_port),
+        "NOTIFIER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
     }
     process = ServiceProcess(f"notifier-{health_port}", python_module("notifier"), env, tmp_path)
