@@ -1,7 +1,7 @@
 """``python -m converter``: consume the video queue until SIGTERM, then exit 0.
 
-CONVERTER_WORKERS consumers (each one AMQP connection, up to CONVERTER_PREFETCH jobs at once) share one gRPC
-channel and one confirming publisher. On SIGTERM or SIGINT they stop taking messages and
+CONVERTER_WORKERS consumers (each one AMQP connection, up to CONVERTER_PREFETCH jobs at
+once) share one gRPC channel and one confirming publisher. On SIGTERM or SIGINT they stop taking messages and
 finish the jobs in hand; after CONVERTER_STOP_GRACE_SECONDS a job still running is cut
 off (its upload cancelled, its message left unacked) so another worker gets it again.
 CONVERTER_HEALTH_PORT (0 disables) serves ``/healthz`` (process alive) and ``/readyz``
@@ -31,6 +31,8 @@ def main(service: Service) -> int:
     service.closing(publisher.close, "publisher")
     abort = threading.Event()
     converter = Converter(settings, channel, publisher, abort=abort)
+    service.closing(converter.close, "spool")
+    converter.spool.sweep()  # what converters killed earlier left behind
     consumers = [
         Consumer(settings.consumer_settings(), converter, name=f"converter-{i}")
         for i in range(settings.workers)
