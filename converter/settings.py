@@ -52,8 +52,6 @@ class Settings(EnvSettings):
     # A job "converting" for longer than this is taken over by a fresh message for it (its
     # worker is gone and its message was lost); a job younger than this is left alone.
     takeover_after_seconds: float = setting("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0)
-    # Test-only: seconds of sleep per second of audio, to make a conversion slow.
-    slowdown: float = setting("CONVERTER_TEST_SLOWDOWN", 0.0)
 
     def check(self) -> None:
         try:
@@ -69,7 +67,6 @@ class Settings(EnvSettings):
             max_duration_seconds=self.max_duration_seconds,
             encoder=self.mp3_encoder,
             threads=self.mp3_encoder_threads,
-            slowdown=self.slowdown,
         )
 
     def topology(self) -> Topology:

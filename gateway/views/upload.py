@@ -22,9 +22,9 @@ from common.amqp import PublishError
 from common.events import RK_REQUESTED, conversion_requested
 from common.file_streams import UploadStream
 from common.grpc_client import STREAM_TIMEOUT
+from gateway.auth_guard import current_user, login_required
 from gateway.clients import Clients, call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
-from gateway.identity import current_user, login_required
 from gateway.multipart import MultipartFile
 from gateway.views.shared import base_url, grpc_timeout
 
