@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -85,3 +86,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(events.bp)
     app.register_blueprint(download.bp)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop the job-event consumer and close what this process opened (gRPC channels, the
+    AMQP connection). gunicorn calls it as each worker exits (``worker_exit`` in
+    gateway/gunicorn_conf.py)."""
+    hub = app.extensions.get(events.HUB)
+    if hub is not None:
+        hub.stop()
+    clients = app.extensions.get(EXTENSION)
+    if clients is not None:
+        clients.close()
+    log.info("worker closed its clients", extra={"pid": os.getpid()})

@@ -27,7 +27,8 @@ import pika.exceptions
 from google.protobuf.message import DecodeError
 from video2mp3.events.v1 import events_pb2
 
-from common.amqp import EXCHANGE, JOB_CHANGED, connection_parameters
+from common.amqp import EXCHANGE, connection_parameters
+from common.events import RK_JOB_CHANGED
 
 log = logging.getLogger("gateway.events")
 
@@ -126,7 +127,7 @@ class EventHub:
             channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
             declared = channel.queue_declare("", exclusive=True, auto_delete=True)
             name = declared.method.queue
-            channel.queue_bind(name, self.exchange, routing_key=f"{JOB_CHANGED}.#")
+            channel.queue_bind(name, self.exchange, routing_key=f"{RK_JOB_CHANGED}.#")
             self.connected.set()
             self._resync_all()  # events may have been missed before the queue existed
             for _method, _props, body in channel.consume(name, auto_ack=True, inactivity_timeout=1.0):

@@ -11,7 +11,8 @@ gthread workers each stream held one of 2 x 8 threads and 16 of them starved eve
 else. What makes it work under gevent: ``grpc.experimental.gevent.init_gevent()`` right
 after gunicorn's monkey-patching (``post_worker_init`` below), so gRPC calls and the
 upload's request stream yield to other greenlets; pika's BlockingConnection and the
-Prometheus multiprocess files use the patched sockets and files as they are.
+Prometheus multiprocess files use the patched sockets and files as they are. Each worker
+closes its clients as it exits (``worker_exit``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ def post_worker_init(worker: Any) -> None:
     from grpc.experimental import gevent as grpc_gevent
 
     grpc_gevent.init_gevent()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    # In the worker, as it leaves: close what it opened (the app is worker.wsgi).
+    from flask import Flask
+
+    from gateway.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        close_app(app)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -18,7 +18,8 @@ import pika
 import pika.exceptions
 from video2mp3.events.v1 import events_pb2
 
-from common.amqp import CONTENT_TYPE, EXCHANGE, JOB_CHANGED, connection_parameters
+from common.amqp import CONTENT_TYPE, EXCHANGE, connection_parameters
+from common.events import RK_JOB_CHANGED
 
 log = logging.getLogger("storage.events")
 
@@ -65,7 +66,7 @@ class EventPublisher:
                     channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
                 channel.basic_publish(
                     self.exchange,
-                    f"{JOB_CHANGED}.{event.owner_id}",
+                    f"{RK_JOB_CHANGED}.{event.owner_id}",
                     event.SerializeToString(),
                     pika.BasicProperties(
                         content_type=CONTENT_TYPE,

@@ -24,7 +24,8 @@ from storage import lifecycle
 from storage.guard import Busy, JobMissing
 from storage.jobstore import BadPageToken, JobStore, to_job
 from storage.lifecycle import FAILED, QUEUED, STATES, SUCCEEDED, TERMINAL, Refused, state_name
-from storage.mongo import Mongo, now, parse_id, unavailable_on_mongo_error
+from storage.mongo import Mongo, now
+from storage.rpc import parse_id, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.jobs")
 

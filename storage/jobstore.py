@@ -26,7 +26,8 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 from storage import lifecycle
 from storage.guard import Guard, JobMissing, Leases
 from storage.lifecycle import CONVERTING, QUEUED, SUCCEEDED, TERMINAL
-from storage.mongo import Mongo, now, timestamp
+from storage.mongo import Mongo, now
+from storage.rpc import timestamp
 from storage.settings import Settings
 
 log = logging.getLogger("storage.jobs")

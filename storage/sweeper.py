@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import random
-import signal
 import socket
 import threading
 import uuid
@@ -35,35 +34,20 @@ from typing import Any
 
 import pymongo
 import pymongo.errors
-from video2mp3.events.v1 import events_pb2
-from video2mp3.storage.v1 import jobs_pb2
 
-from common.amqp import RK_REQUESTED, Publisher, PublishError
-from common.config import SettingsError, exit_on_settings_error
-from common.logs import setup_logging
-from common.worker_health import start_health_server
+from common.amqp import Publisher, PublishError
+from common.events import RK_REQUESTED, conversion_requested
+from common.service import Service, run_service
 from storage import lifecycle
 from storage.jobstore import JobStore, to_job
 from storage.lifecycle import CANCELLED, CONVERTING, FAILED, QUEUED, SUCCEEDED
 from storage.mongo import Mongo, now
-from storage.settings import Settings
+from storage.settings import SweeperSettings
 
 log = logging.getLogger("storage.sweeper")
 
 LEASE = "sweeper"
 BATCH = 200
-
-
-def conversion_requested(job: jobs_pb2.Job) -> events_pb2.ConversionRequested:
-    event = events_pb2.ConversionRequested(
-        job_id=job.id,
-        video_id=job.video_id,
-        owner_id=job.owner_id,
-        owner_email=job.owner_email,
-        filename=job.filename,
-    )
-    event.requested_at.GetCurrentTime()
-    return event
 
 
 @dataclass
@@ -74,7 +58,7 @@ class Pass:
 
 
 class Sweeper:
-    def __init__(self, store: JobStore, publisher: Any, settings: Settings, holder: str = "") -> None:
+    def __init__(self, store: JobStore, publisher: Any, settings: SweeperSettings, holder: str = "") -> None:
         self.store = store
         self.publisher = publisher
         self.settings = settings
@@ -165,34 +149,23 @@ class Sweeper:
         self.store.leases.release(LEASE, self.holder)
 
 
-def main() -> None:
-    setup_logging("sweeper")
-    try:
-        settings = Settings.sweeper_from_env()
-    except SettingsError as error:
-        exit_on_settings_error("sweeper", error)
-        return
-    mongo = Mongo(settings)
+def main(service: Service) -> int:
+    settings = service.settings(SweeperSettings.from_env)
+    store_settings = settings.storage()
+    mongo = Mongo(store_settings)
+    service.closing(mongo.close, "MongoDB client")
     mongo.ensure_indexes()
     publisher = Publisher(settings.rabbitmq_url)
-    sweeper = Sweeper(JobStore(mongo, settings), publisher, settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: sweeper.stop.set())
-    health = (
-        start_health_server(settings.health_port, sweeper.healthy.is_set) if settings.health_port else None
-    )
+    service.closing(publisher.close, "RabbitMQ publisher")
+    sweeper = Sweeper(JobStore(mongo, store_settings), publisher, settings)
+    service.on_stop(sweeper.stop.set)
+    service.health(settings.health_port, sweeper.healthy.is_set)
     log.info(
         "sweeper starting", extra={"interval_s": settings.sweep_interval_seconds, "holder": sweeper.holder}
     )
-    try:
-        sweeper.run()
-    finally:
-        if health is not None:
-            health.shutdown()
-        publisher.close()
-        mongo.close()
-        log.info("sweeper stopped")
+    service.run_threads([("sweeper", sweeper.run)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_service("sweeper", main)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.service import run_service
 from notifier import __main__ as entry
 from notifier.worker import Notifier
 
@@ -28,7 +29,7 @@ def main() -> None:
         self.after_send = pause
 
     Notifier.__init__ = init  # type: ignore[method-assign]
-    entry.main()
+    run_service("notifier", entry.main)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from google.protobuf.message import Message
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from common.amqp import Delivery, Outcome, PublishError, TransientError
 from common.config import SettingsError
+from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
 from tests.fixtures.converter import FakeStorageServer, MediaCache
@@ -372,12 +373,12 @@ def test_settings_from_env() -> None:
     env = {
         "STORAGE_SVC_ADDRESS": "storage:5001",
         "RABBITMQ_HOST": "rabbit",
-        "PREFETCH": "2",
-        "WORKERS": "3",
+        "CONVERTER_PREFETCH": "2",
+        "CONVERTER_WORKERS": "3",
         "MP3_BITRATE_KBPS": "128",
         "MP3_VBR": "true",
         "MAX_DURATION_SECONDS": "60",
-        "HEALTH_PORT": "8081",
+        "CONVERTER_HEALTH_PORT": "8081",
         "TMP_DIR": "/scratch",
     }
     settings = Settings.from_env(env)
@@ -391,13 +392,12 @@ def test_settings_from_env() -> None:
     with pytest.raises(SettingsError, match="bit rate"):
         Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "MP3_BITRATE_KBPS": "100"})
     with pytest.raises(SettingsError, match="PREFETCH"):
-        Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "PREFETCH": "0"})
+        Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "CONVERTER_PREFETCH": "0"})
 
 
 def test_progress_is_reported_and_rises(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=8.0)))
-    env.converter.settings = dataclasses.replace(env.converter.settings, slowdown=0.5)
-    env.converter.options = env.converter.settings.encode_options()
+    env.converter.options = dataclasses.replace(env.converter.options, slowdown=0.5)
     assert env.converter(delivery(job)) is Outcome.ACK
     reports = env.storage.storage.progress[job.id]
     assert len(reports) >= 2 and reports == sorted(reports) and 0 < reports[-1] < 1
@@ -406,8 +406,7 @@ def test_progress_is_reported_and_rises(env: Env, media_cache: MediaCache) -> No
 
 def test_cancel_while_converting_stops_and_leaves_nothing(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=20.0)))
-    env.converter.settings = dataclasses.replace(env.converter.settings, slowdown=1.0)
-    env.converter.options = env.converter.settings.encode_options()
+    env.converter.options = dataclasses.replace(env.converter.options, slowdown=1.0)
 
     def cancel_on_first_report() -> None:
         stored = env.job(job.id)

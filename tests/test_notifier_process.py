@@ -19,7 +19,8 @@ from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Publisher, dead_queue
+from common.amqp import Publisher, dead_queue
+from common.events import RK_FAILED, RK_SUCCEEDED
 from tests.fixtures.auth import unique_email
 from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
 from tests.fixtures.storage import StorageHandle
@@ -137,7 +138,7 @@ def _env(
         "NOTIFIER_RETRY_MAX_SECONDS": "2",
         "NOTIFIER_MAX_ATTEMPTS": "40",
         "SMTP_TIMEOUT_SECONDS": "3",
-        "HEALTH_PORT": str(health_port),
+        "NOTIFIER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
     }
 
@@ -321,9 +322,8 @@ def test_notifier_killed_between_send_and_mark_sends_one_email(
         paused.signal(signal.SIGKILL)  # dies between the SMTP "250 OK" and the mark
         assert not store.notified(event.job_id)
         port = free_port()
-        second = ServiceProcess(
-            f"notifier-{port}", python_module("notifier"), {**env, "HEALTH_PORT": str(port)}, tmp_path
-        )
+        env["NOTIFIER_HEALTH_PORT"] = str(port)
+        second = ServiceProcess(f"notifier-{port}", python_module("notifier"), env, tmp_path)
         second.start()  # the message comes back to this one
         wait_for(
             lambda: store.notified(event.job_id), timeout=60, what="notified mark by the second notifier"

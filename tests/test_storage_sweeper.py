@@ -19,7 +19,7 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 from dev.wait_healthy import http_ok
 from storage.jobstore import JobStore
 from storage.mongo import Mongo
-from storage.settings import Settings
+from storage.settings import SweeperSettings
 from storage.sweeper import Sweeper
 from tests.fixtures.infra import Infra
 from tests.fixtures.storage import StorageHandle
@@ -76,7 +76,10 @@ def test_two_sweeper_replicas_publish_a_stuck_job_once(
     for i in (1, 2):
         port = free_port()
         proc = ServiceProcess(
-            f"sweeper-{i}", python_module("storage.sweeper"), {**env, "HEALTH_PORT": str(port)}, tmp_path
+            f"sweeper-{i}",
+            python_module("storage.sweeper"),
+            {**env, "SWEEPER_HEALTH_PORT": str(port)},
+            tmp_path,
         )
         sweepers.append(proc.start())
         wait_for(lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, what="sweeper ready")  # type: ignore[misc]
@@ -96,7 +99,7 @@ def test_two_sweeper_replicas_publish_a_stuck_job_once(
 
 
 def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
-    settings = Settings.sweeper_from_env(
+    settings = SweeperSettings.from_env(
         {
             "MONGO_URI": storage.settings.mongo_uri,
             "MONGO_DB": storage.settings.mongo_db,
@@ -104,9 +107,8 @@ def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
             **env,
         }
     )
-    return Sweeper(
-        JobStore(Mongo(settings), settings), publisher=None, settings=settings, holder=f"t{os.getpid()}"
-    )
+    store = JobStore(Mongo(settings.storage()), settings.storage())
+    return Sweeper(store, publisher=None, settings=settings, holder=f"t{os.getpid()}")
 
 
 def test_mp3_expiry_removes_the_file_and_refuses_downloads(

@@ -26,9 +26,9 @@ from flask import Blueprint, Response, current_app, stream_with_context
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2
 
+from gateway.auth_guard import current_user, login_required
 from gateway.clients import call_metadata, get_clients
 from gateway.events import RESYNC, EventHub, Subscription
-from gateway.identity import current_user, login_required
 from gateway.views.jobs import FINAL, job_json, read_job, state_name
 from gateway.views.shared import grpc_timeout
 

@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, jsonify, request
 from video2mp3.storage.v1 import jobs_pb2
 
+from gateway.auth_guard import current_user, login_required
 from gateway.clients import call_metadata, get_clients
 from gateway.errors import ApiError
-from gateway.identity import current_user, login_required
 from gateway.views.shared import base_url, grpc_timeout, iso
 
 bp = Blueprint("jobs", __name__)
