@@ -242,6 +242,7 @@ class JobStore:
             # Its holder died between taking the lease and marking: the email may be out.
             log.warning("email lease expired unmarked; not sending again", extra={"job_id": str(oid)})
             doc, _ = self.apply(oid, lambda d: None if d.get("notified") else {"notified": True})
+            self.leases.forget(name)
             return doc, False, False
         if not self.leases.take(name, notifier_id, lease or 60.0):
             return doc, False, True
@@ -253,8 +254,9 @@ class JobStore:
 
     def mark_notified(self, oid: ObjectId, notifier_id: str) -> Doc:
         doc, _ = self.apply(oid, lifecycle.mark_notified)
-        if notifier_id:
-            self.leases.release(notify_lease(str(oid)), notifier_id)
+        # Marked for good: the email's lease is of no more use (a claim that raced this one
+        # finds the mark when it looks again after taking the lease).
+        self.leases.forget(notify_lease(str(oid)))
         return doc
 
     # -- files
