@@ -149,3 +149,24 @@ def test_event_stream_sees_every_state_in_order(
     progress = [data["progress"] for kind, data in got if kind == "progress"]
     assert progress == sorted(progress) and progress  # monotonic
     assert got[-1][0] == "job" and got[-1][1]["download_url"]
+
+
+def test_event_stream_ends_when_its_job_is_deleted(
+    media_user: Callable[[], MediaUser], storage_service: StorageHandle
+) -> None:
+    user = media_user()
+    job = _job_for(storage_service, user)
+    response = user.http.get(f"/jobs/{job.id}/events", headers=user.headers, buffered=False)
+
+    def remove() -> None:
+        time.sleep(1.5)
+        assert user.http.delete(f"/jobs/{job.id}", headers=user.headers).status_code == 204
+
+    remover = threading.Thread(target=remove)
+    remover.start()
+    got = list(_events(response))  # ends by itself
+    remover.join()
+    kinds = [kind for kind, _ in got]
+    states = [data.get("state") for kind, data in got if kind in ("job", "state")]
+    assert kinds[0] == "job" and states[0] == "queued"
+    assert kinds[-1] == "removed" or states[-1] == "cancelled"

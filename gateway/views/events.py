@@ -18,20 +18,24 @@ or a gap shows up, and on each heartbeat (so even a lost event cannot hide a fin
 from __future__ import annotations
 
 import json
+import logging
 import queue
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 from flask import Blueprint, Response, current_app, stream_with_context
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2
 
+from common.grpc_client import describe, status_code
 from gateway.auth_guard import current_user, login_required
 from gateway.clients import call_metadata, get_clients
 from gateway.events import RESYNC, EventHub, Subscription
 from gateway.views.jobs import FINAL, job_json, read_job, state_name
 from gateway.views.shared import grpc_timeout
 
+log = logging.getLogger("gateway.events")
 bp = Blueprint("events", __name__)
 
 HUB = "video2mp3.events"
@@ -62,6 +66,31 @@ def _next(subscription: Subscription, heartbeat: float) -> events_pb2.JobChanged
         return None
 
 
+class _Later(Exception):
+    """Reading the job failed for now; the stream carries on and reads it again later."""
+
+
+def _read(job_id: str, owner: str) -> jobs_pb2.Job | None:
+    """The job now; None when it is gone. A backend hiccup raises _Later (try next time)."""
+    try:
+        return read_job(job_id, owner)
+    except grpc.RpcError as error:
+        if status_code(error) == grpc.StatusCode.NOT_FOUND:
+            return None
+        log.warning("event stream could not read its job", extra={"job_id": job_id, "error": describe(error)})
+        raise _Later from error
+
+
+def _final(job_id: str, owner: str) -> str:
+    """The ``job`` event of a job that ended (``removed`` when it is gone; nothing more when
+    it cannot be read now — its ``state`` event was sent)."""
+    try:
+        job = _read(job_id, owner)
+    except _Later:
+        return ""
+    return sse("job", job_json(job)) if job is not None else sse("removed", {"id": job_id})
+
+
 def _progress(event: events_pb2.JobChanged) -> dict[str, Any]:
     return {
         "id": event.job_id,
@@ -90,10 +119,16 @@ def job_events(job_id: str) -> Response:
                 if event is None:
                     yield ": heartbeat\n\n"
                 if event is None or event is RESYNC or (event.version and event.version > version + 1):
-                    job = read_job(job_id, owner)
-                    if job.version > version:
-                        version, state = job.version, state_name(job.state)
-                        yield sse("job", job_json(job))
+                    try:
+                        current = _read(job_id, owner)
+                    except _Later:
+                        continue
+                    if current is None:
+                        yield sse("removed", {"id": job_id})
+                        return
+                    if current.version > version:
+                        version, state = current.version, state_name(current.state)
+                        yield sse("job", job_json(current))
                     continue
                 if event.removed:
                     yield sse("removed", {"id": job_id})
@@ -112,7 +147,7 @@ def job_events(job_id: str) -> Response:
                         {"id": job_id, "state": state, "version": version, "progress": event.progress},
                     )
                 if state in FINAL:
-                    yield sse("job", job_json(read_job(job_id, owner)))
+                    yield _final(job_id, owner)
         finally:
             hub.unsubscribe(subscription)
 
@@ -128,15 +163,19 @@ def all_events() -> Response:
     subscription = hub.subscribe(owner)
 
     def recent() -> list[jobs_pb2.Job]:
-        return list(
-            get_clients()
-            .jobs.ListJobs(
-                jobs_pb2.ListJobsRequest(owner_id=owner, limit=50),
-                timeout=grpc_timeout(),
-                metadata=call_metadata(),
+        try:
+            return list(
+                get_clients()
+                .jobs.ListJobs(
+                    jobs_pb2.ListJobsRequest(owner_id=owner, limit=50),
+                    timeout=grpc_timeout(),
+                    metadata=call_metadata(),
+                )
+                .jobs
             )
-            .jobs
-        )
+        except grpc.RpcError as error:
+            log.warning("event stream could not list jobs", extra={"error": describe(error)})
+            return []
 
     def generate() -> Iterator[str]:
         known: dict[str, tuple[int, str]] = {}  # job id → (version, state) last sent
@@ -175,7 +214,7 @@ def all_events() -> Response:
                     }
                     yield sse("state", data)
                     if new_state in FINAL:
-                        yield sse("job", job_json(read_job(event.job_id, owner)))
+                        yield _final(event.job_id, owner)
         finally:
             hub.unsubscribe(subscription)
 
