@@ -34,9 +34,6 @@ MEMORY_TARGET = 100 * MIB
 FLAT_GROWTH = 10 * MIB  # "flat": the big file's peak within this of the small file's
 THROUGHPUT_TARGET = 0.7
 STORAGE_CHUNK = 1024 * 1024  # storage's STORAGE_CHUNK_BYTES default, used for the baseline too
-# The gateway's sweeper re-publishes jobs left queued; the streaming uploads are left queued
-# on purpose (never converted), so it is off here.
-NO_SWEEPER = {"SWEEP_INTERVAL_SECONDS": "0"}
 
 
 @dataclass(frozen=True)
@@ -232,7 +229,8 @@ def run(runs: int, quick: bool, cache: Path, progress: Progress) -> Section:
     try:
         with (
             work_dir(cache, "streaming-") as work,
-            System.started(work, with_converters=False, gateway_env=NO_SWEEPER) as system,
+            # No sweeper runs here: the streaming uploads are left queued on purpose.
+            System.started(work, with_converters=False) as system,
         ):
             results = measure(system, sizes, runs, cache, progress)
     except SystemUnavailable as error:

@@ -16,6 +16,7 @@ from bson import ObjectId
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
+from common.amqp import Publisher
 from dev.wait_healthy import http_ok
 from storage.jobstore import JobStore
 from storage.mongo import Mongo
@@ -151,3 +152,42 @@ def test_videos_of_failed_jobs_go_after_their_retention(storage_service: Storage
     gone.sweep_once()
     assert videos.count_documents({"_id": ObjectId(job.video_id)}) == 0
     assert storage_service.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job.video_deleted
+
+
+def test_a_converting_job_whose_converter_died_is_published_again_once(
+    infra: Infra, storage_service: StorageHandle
+) -> None:
+    queue = f"video-dead-converter-{time.monotonic_ns()}"
+    connection = infra.amqp()
+    channel = connection.channel()
+    channel.exchange_declare("video2mp3", exchange_type="topic", durable=True)
+    channel.queue_declare(queue, auto_delete=True)
+    channel.queue_bind(queue, "video2mp3", routing_key="conversion.requested")
+    alive, dead = (new_job(storage_service, f"conv-{time.monotonic_ns()}") for _ in range(2))
+    for job, lease in ((alive, 60), (dead, 1)):
+        storage_service.jobs.ClaimJob(
+            jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id="w", lease_seconds=lease)
+        )
+    jobs = storage_service.db[storage_service.settings.jobs_collection]
+    for job in (alive, dead):
+        jobs.update_one(
+            {"_id": ObjectId(job.id)}, {"$set": {"updated_at": datetime.now(UTC) - timedelta(seconds=120)}}
+        )
+    time.sleep(1.5)  # the dead one's lease runs out; the live one's holds
+    publisher = Publisher(infra.rabbitmq_url)
+    try:
+        sweeper = _sweeper(storage_service, REQUEUE_AFTER_SECONDS="60")
+        sweeper.publisher = publisher
+        first, second = sweeper.sweep_once(), sweeper.sweep_once()
+        assert first is not None and second is not None and second.requeued == 0
+        assert requested_for(infra, dead.id, queue) == 1 and requested_for(infra, alive.id, queue) == 0
+        # A fresh converter's claim takes the job over (its lease ran out): the attempt counts.
+        taken = storage_service.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=dead.id, worker_id="w2"))
+        assert taken.claimed and taken.job.attempts == 2
+        assert not storage_service.jobs.ClaimJob(
+            jobs_pb2.ClaimJobRequest(job_id=alive.id, worker_id="w2")
+        ).claimed
+    finally:
+        publisher.close()
+        connection.close()
+        requested_for(infra, dead.id, "video")
