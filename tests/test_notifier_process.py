@@ -27,6 +27,7 @@ from tests.fixtures.storage import StorageHandle
 from tests.support import ServiceProcess, free_port, python_module, wait_for
 
 T = 10
+WORKER = "test-converter"
 BASE = "http://127.0.0.1:18080"
 QUEUE = "mp3"
 MP3_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40
@@ -51,12 +52,9 @@ class RealStore:
             ),
             timeout=T,
         ).job
-        self._move(job.id, jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_CONVERTING)
+        claim = jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id=WORKER)
+        assert self.storage.jobs.ClaimJob(claim, timeout=T).claimed
         return job.id
-
-    def _move(self, job_id: str, old: int, new: int, **fields: Any) -> None:
-        request = jobs_pb2.TransitionJobRequest(job_id=job_id, expected_state=old, new_state=new, **fields)  # type: ignore[arg-type]
-        self.storage.jobs.TransitionJob(request, timeout=T)
 
     def succeeded(self, user: auth_pb2.User, filename: str) -> tuple[str, str]:
         job_id = self._job(user, filename)
@@ -68,12 +66,14 @@ class RealStore:
             content_type="audio/mpeg",
             job_id=job_id,
         )
-        self._move(job_id, jobs_pb2.JOB_STATE_CONVERTING, jobs_pb2.JOB_STATE_SUCCEEDED, mp3_id=mp3.id)
+        finish = jobs_pb2.FinishJobRequest(job_id=job_id, worker_id=WORKER, mp3_id=mp3.id)
+        self.storage.jobs.FinishJob(finish, timeout=T)
         return job_id, mp3.id
 
     def failed(self, user: auth_pb2.User, filename: str, reason: str) -> str:
         job_id = self._job(user, filename)
-        self._move(job_id, jobs_pb2.JOB_STATE_CONVERTING, jobs_pb2.JOB_STATE_FAILED, failure_reason=reason)
+        fail = jobs_pb2.FailJobRequest(job_id=job_id, worker_id=WORKER, reason=reason)
+        self.storage.jobs.FailJob(fail, timeout=T)
         return job_id
 
     def notified(self, job_id: str) -> bool:

@@ -64,21 +64,12 @@ def assert_error(response: Any, status: int) -> dict[str, Any]:
 
 def finish_job(storage: StorageHandle, job_id: str, owner_id: str, mp3: bytes, name: str) -> str:
     """What a converter does: converting, MP3 into storage, succeeded."""
-    storage.jobs.TransitionJob(
-        jobs_pb2.TransitionJobRequest(
-            job_id=job_id, expected_state=jobs_pb2.JOB_STATE_QUEUED, new_state=jobs_pb2.JOB_STATE_CONVERTING
-        )
-    )
+    assert storage.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=job_id, worker_id="test-converter")).claimed
     info = storage.upload(
         mp3, owner_id=owner_id, bucket=MP3S, filename=name, content_type="audio/mpeg", job_id=job_id
     )
-    storage.jobs.TransitionJob(
-        jobs_pb2.TransitionJobRequest(
-            job_id=job_id,
-            expected_state=jobs_pb2.JOB_STATE_CONVERTING,
-            new_state=jobs_pb2.JOB_STATE_SUCCEEDED,
-            mp3_id=info.id,
-        )
+    storage.jobs.FinishJob(
+        jobs_pb2.FinishJobRequest(job_id=job_id, worker_id="test-converter", mp3_id=info.id)
     )
     return info.id
 
