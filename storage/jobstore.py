@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -156,6 +157,7 @@ class JobStore:
             self.changed(doc)
             if doc.get("state") in TERMINAL:
                 self.reconcile_mp3s(doc)
+                self.progress.delete_one({"_id": str(oid)})  # the record holds the last word
         return doc, changed
 
     # -- the lifecycle
@@ -220,6 +222,8 @@ class JobStore:
         oid = doc["_id"]
         doc, _ = self.cancel(oid)
         self._delete_video(doc)
+        with contextlib.suppress(InvalidId):
+            self.mongo.delete_file(storage_pb2.BUCKET_MP3S, ObjectId(doc.get("mp3_id", "")))
         self.reconcile_mp3s({**doc, "mp3_id": ""})
         self.jobs.delete_one({"_id": oid})
         self.progress.delete_one({"_id": str(oid)})
