@@ -21,6 +21,7 @@ RabbitMQ to publish.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -146,7 +147,8 @@ class Sweeper:
             except Exception:
                 log.exception("sweep failed unexpectedly")
             delay = interval * random.uniform(0.8, 1.2)  # noqa: S311 - jitter only
-        self.store.leases.release(LEASE, self.holder)
+        with contextlib.suppress(pymongo.errors.PyMongoError):
+            self.store.leases.release(LEASE, self.holder)  # the next replica need not wait
 
 
 def main(service: Service) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +28,16 @@ from tests.support import ServiceProcess, free_port, python_module, wait_for
 from tests.test_storage_jobs import new_job
 
 MP3S = storage_pb2.BUCKET_MP3S
+
+
+@pytest.fixture
+def own_storage(infra: Infra, start_storage: Callable[..., StorageHandle]) -> Iterator[StorageHandle]:
+    """A storage server on a database of the test's own: a sweeper works on every job it sees."""
+    handle = start_storage(MONGO_DB=f"{infra.mongo_db}_sweep{time.monotonic_ns()}")
+    try:
+        yield handle
+    finally:
+        handle.db.client.drop_database(handle.settings.mongo_db)
 
 
 def requested_for(infra: Infra, job_id: str, queue: str) -> int:
@@ -54,12 +64,12 @@ def requested_for(infra: Infra, job_id: str, queue: str) -> int:
 
 
 def test_two_sweeper_replicas_publish_a_stuck_job_once(
-    infra: Infra, storage_service: StorageHandle, tmp_path: Path
+    infra: Infra, own_storage: StorageHandle, tmp_path: Path
 ) -> None:
     queue = f"video-sweep-{time.monotonic_ns()}"
     env = {
         **infra.service_env(),
-        "MONGO_DB": storage_service.settings.mongo_db,
+        "MONGO_DB": own_storage.settings.mongo_db,
         "VIDEO_QUEUE": queue,
         "SWEEP_INTERVAL_SECONDS": "0.3",
         "REQUEUE_AFTER_SECONDS": "60",
@@ -69,8 +79,8 @@ def test_two_sweeper_replicas_publish_a_stuck_job_once(
     channel.exchange_declare("video2mp3", exchange_type="topic", durable=True)
     channel.queue_declare(queue, auto_delete=True)
     channel.queue_bind(queue, "video2mp3", routing_key="conversion.requested")
-    job = new_job(storage_service, f"stuck-{time.monotonic_ns()}")
-    storage_service.db[storage_service.settings.jobs_collection].update_one(
+    job = new_job(own_storage, f"stuck-{time.monotonic_ns()}")
+    own_storage.db[own_storage.settings.jobs_collection].update_one(
         {"_id": ObjectId(job.id)}, {"$set": {"updated_at": datetime.now(UTC) - timedelta(seconds=120)}}
     )
     sweepers = []
@@ -113,9 +123,9 @@ def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
 
 
 def test_mp3_expiry_removes_the_file_and_refuses_downloads(
-    storage_service: StorageHandle, start_storage: Callable[..., StorageHandle]
+    own_storage: StorageHandle, start_storage: Callable[..., StorageHandle]
 ) -> None:
-    short = start_storage(MP3_RETENTION_DAYS=str(1.5 / 86400), MONGO_DB=storage_service.settings.mongo_db)
+    short = start_storage(MP3_RETENTION_DAYS=str(1.5 / 86400), MONGO_DB=own_storage.settings.mongo_db)
     job = new_job(short, f"exp-{time.monotonic_ns()}")
     short.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id="w"))
     mp3 = short.upload(
@@ -140,22 +150,22 @@ def test_mp3_expiry_removes_the_file_and_refuses_downloads(
     assert got.expired and got.state == jobs_pb2.JOB_STATE_SUCCEEDED
 
 
-def test_videos_of_failed_jobs_go_after_their_retention(storage_service: StorageHandle) -> None:
-    job = new_job(storage_service, f"vid-{time.monotonic_ns()}")
-    storage_service.jobs.FailJob(jobs_pb2.FailJobRequest(job_id=job.id, reason="bad media"))
-    videos = storage_service.db[f"{storage_service.settings.video_bucket}.files"]
-    keep = _sweeper(storage_service, VIDEO_RETENTION_HOURS="1")
+def test_videos_of_failed_jobs_go_after_their_retention(own_storage: StorageHandle) -> None:
+    job = new_job(own_storage, f"vid-{time.monotonic_ns()}")
+    own_storage.jobs.FailJob(jobs_pb2.FailJobRequest(job_id=job.id, reason="bad media"))
+    videos = own_storage.db[f"{own_storage.settings.video_bucket}.files"]
+    keep = _sweeper(own_storage, VIDEO_RETENTION_HOURS="1")
     keep.sweep_once()
     assert videos.count_documents({"_id": ObjectId(job.video_id)}) == 1  # within its retention
     time.sleep(0.2)
-    gone = _sweeper(storage_service, VIDEO_RETENTION_HOURS=str(0.1 / 3600))
+    gone = _sweeper(own_storage, VIDEO_RETENTION_HOURS=str(0.1 / 3600))
     gone.sweep_once()
     assert videos.count_documents({"_id": ObjectId(job.video_id)}) == 0
-    assert storage_service.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job.video_deleted
+    assert own_storage.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job.video_deleted
 
 
 def test_a_converting_job_whose_converter_died_is_published_again_once(
-    infra: Infra, storage_service: StorageHandle
+    infra: Infra, own_storage: StorageHandle
 ) -> None:
     queue = f"video-dead-converter-{time.monotonic_ns()}"
     connection = infra.amqp()
@@ -163,12 +173,10 @@ def test_a_converting_job_whose_converter_died_is_published_again_once(
     channel.exchange_declare("video2mp3", exchange_type="topic", durable=True)
     channel.queue_declare(queue, auto_delete=True)
     channel.queue_bind(queue, "video2mp3", routing_key="conversion.requested")
-    alive, dead = (new_job(storage_service, f"conv-{time.monotonic_ns()}") for _ in range(2))
+    alive, dead = (new_job(own_storage, f"conv-{time.monotonic_ns()}") for _ in range(2))
     for job, lease in ((alive, 60), (dead, 1)):
-        storage_service.jobs.ClaimJob(
-            jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id="w", lease_seconds=lease)
-        )
-    jobs = storage_service.db[storage_service.settings.jobs_collection]
+        own_storage.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=job.id, worker_id="w", lease_seconds=lease))
+    jobs = own_storage.db[own_storage.settings.jobs_collection]
     for job in (alive, dead):
         jobs.update_one(
             {"_id": ObjectId(job.id)}, {"$set": {"updated_at": datetime.now(UTC) - timedelta(seconds=120)}}
@@ -176,15 +184,15 @@ def test_a_converting_job_whose_converter_died_is_published_again_once(
     time.sleep(1.5)  # the dead one's lease runs out; the live one's holds
     publisher = Publisher(infra.rabbitmq_url)
     try:
-        sweeper = _sweeper(storage_service, REQUEUE_AFTER_SECONDS="60")
+        sweeper = _sweeper(own_storage, REQUEUE_AFTER_SECONDS="60")
         sweeper.publisher = publisher
         first, second = sweeper.sweep_once(), sweeper.sweep_once()
         assert first is not None and second is not None and second.requeued == 0
         assert requested_for(infra, dead.id, queue) == 1 and requested_for(infra, alive.id, queue) == 0
         # A fresh converter's claim takes the job over (its lease ran out): the attempt counts.
-        taken = storage_service.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=dead.id, worker_id="w2"))
+        taken = own_storage.jobs.ClaimJob(jobs_pb2.ClaimJobRequest(job_id=dead.id, worker_id="w2"))
         assert taken.claimed and taken.job.attempts == 2
-        assert not storage_service.jobs.ClaimJob(
+        assert not own_storage.jobs.ClaimJob(
             jobs_pb2.ClaimJobRequest(job_id=alive.id, worker_id="w2")
         ).claimed
     finally:
