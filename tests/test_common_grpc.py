@@ -148,3 +148,22 @@ def test_is_transient_tells_answers_from_outages(infra: Infra, echo_server: Grpc
     ):
         channel.unary_unary(f"/{SERVICE}/Echo")(b"x", timeout=5)
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE and is_transient(down.value)
+
+
+def test_a_method_missing_from_the_table_is_refused_to_everyone_and_logged(
+    infra: Infra, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new RPC merged without its row: PERMISSION_DENIED for every caller, an ERROR line."""
+    srv = create_server([(SERVICE, _add_echo)], port=0, tls=infra.tls("auth"))  # the project's table
+    srv.start()
+    try:
+        for identity in ("operator", "gateway"):
+            with infra.channel(f"127.0.0.1:{srv.port}", identity) as channel:
+                with pytest.raises(grpc.RpcError) as refused:
+                    channel.unary_unary(f"/{SERVICE}/Echo")(b"hi", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        srv.stop(grace=1)
+    missing = [r for r in caplog.records if "missing from the permission table" in r.getMessage()]
+    assert missing and all(r.levelname == "ERROR" for r in missing)
+    assert missing[0].method == f"/{SERVICE}/Echo"  # type: ignore[attr-defined]
