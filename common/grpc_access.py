@@ -49,7 +49,7 @@ class AccessInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
             if callers is None:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any caller")
-            if identity not in callers:
+            if identity not in (callers or ()):
                 log.warning("permission denied", extra={"method": method, "identity": identity})
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
 

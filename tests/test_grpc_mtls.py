@@ -4,6 +4,7 @@ permission table of common/grpc_permissions.py), against ``python -m auth`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ def servers(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         for name in ("auth", "storage"):
             address = getattr(found, name)
-            wait_for(lambda a=address: serving(infra, a), timeout=60, what=f"{name} serving")
+            wait_for(functools.partial(serving, infra, address), timeout=60, what=f"{name} serving")
         yield found
     finally:
         for proc in processes.values():
