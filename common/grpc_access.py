@@ -10,17 +10,15 @@ line, so a new RPC without a row is noticed at once).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from common.grpc_permissions import PERMISSIONS, allowed_callers
+from common.grpc_permissions import PERMISSIONS, Table, allowed_callers
 from common.grpc_tls import peer_identity
 
 log = logging.getLogger("grpc.access")
-
-Table = Mapping[str, Mapping[str, frozenset[str]]]
 
 
 class AccessInterceptor(grpc.ServerInterceptor):

@@ -4,8 +4,8 @@
 A caller is known by the common name of its client certificate (common/grpc_tls.py,
 made by dev/certs.py). A method missing from the table is refused to everyone, with an
 ERROR log line naming it: a new RPC is added here, with the callers that need it, in the
-same change (tests/test_grpc_permissions.py holds every method of every served service to
-the table). The README's "Internal gRPC: who may call what" shows this table.
+same change (tests/test_grpc_mtls.py holds every method of every served service to the
+table). The README's "Internal gRPC: mutual TLS, and who may call what" shows this table.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ JOBS = "video2mp3.storage.v1.JobService"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 
-# service → method → the identities that may call it. Keep one line per method.
-PERMISSIONS: Mapping[str, Mapping[str, frozenset[str]]] = {
+# service → method → the identities that may call it.
+Table = Mapping[str, Mapping[str, frozenset[str]]]
+
+# Keep one line per method.
+PERMISSIONS: Table = {
     AUTH: {
         "Register": frozenset({GATEWAY, OPERATOR}),
         "Login": frozenset({GATEWAY, OPERATOR}),
@@ -67,9 +70,7 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def allowed_callers(
-    full_method: str, table: Mapping[str, Mapping[str, frozenset[str]]] = PERMISSIONS
-) -> frozenset[str] | None:
+def allowed_callers(full_method: str, table: Table = PERMISSIONS) -> frozenset[str] | None:
     """Who may call ``/package.Service/Method``; None when the table does not name it."""
     service, method = split_method(full_method)
     return table.get(service, {}).get(method)

@@ -25,9 +25,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.grpc_access import AccessInterceptor, Table
+from common.grpc_access import AccessInterceptor
 from common.grpc_client import REQUEST_ID_HEADER
-from common.grpc_permissions import PERMISSIONS
+from common.grpc_permissions import PERMISSIONS, Table
 from common.grpc_tls import GrpcTls
 
 log = logging.getLogger("grpc")
