@@ -152,7 +152,8 @@ def ensure_leaf(
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     # A client's identity is its common name; it also carries it as a URI (no DNS name, so a
     # client certificate never passes as a server's).
-    names = server_names(name, namespace) if server else [x509.UniformResourceIdentifier(f"video2mp3:{name}")]
+    client_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"video2mp3:{name}")]
+    names = server_names(name, namespace) if server else client_names
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     if cert_path.exists() and key_path.exists():
         existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
