@@ -23,7 +23,7 @@ from common.grpc_client import secure_channel
 from common.grpc_permissions import CLIENTS, PERMISSIONS
 from common.grpc_tls import GrpcTls
 from dev.certs import ensure_certificates
-from tests.fixtures.auth import FAST_ARGON2
+from tests.fixtures.auth import FAST_ARGON2, unique_email
 from tests.fixtures.infra import Infra
 from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
 
@@ -135,10 +135,21 @@ def test_the_converter_may_not_mint_download_links(servers: Servers) -> None:
         assert caught.value.details() == (
             "converter may not call /video2mp3.auth.v1.AuthService/IssueDownloadToken"
         )
-    # The notifier may: the call reaches the service, which answers about the request.
+    # The gateway registers a user, the notifier may mint a link for that user's file.
+    with servers.infra.channel(servers.auth, "gateway") as channel:
+        register = auth_pb2.RegisterRequest(
+            email=unique_email("mtls"), password="a perfectly fine passphrase"
+        )
+        user = auth_pb2_grpc.AuthServiceStub(channel).Register(register, timeout=10).user
+    request.user_id = user.id
     with servers.infra.channel(servers.auth, "notifier") as channel:
+        reply = auth_pb2_grpc.AuthServiceStub(channel).IssueDownloadToken(request, timeout=5)
+        assert reply.download_token and reply.expires_at
+    with servers.infra.channel(servers.auth, "converter") as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
-        assert code_of(lambda: stub.IssueDownloadToken(request, timeout=5)) == grpc.StatusCode.NOT_FOUND
+        assert (
+            code_of(lambda: stub.IssueDownloadToken(request, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        )
     logs = servers.processes["auth"].logs()
     denied = [json.loads(line) for line in logs.splitlines() if '"permission denied"' in line]
     assert any(
