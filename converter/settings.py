@@ -16,12 +16,14 @@ from common.config import (
     rabbitmq_setting,
     setting,
 )
+from common.grpc_tls import GrpcTls, tls_dir_setting
 from converter.transcode import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(EnvSettings):
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    grpc_tls_dir: str = tls_dir_setting()
     rabbitmq_url: str = rabbitmq_setting()
     video_queue: str = setting("VIDEO_QUEUE", "video")
     mp3_queue: str = setting("MP3_QUEUE", "mp3")
@@ -49,6 +51,10 @@ class Settings(EnvSettings):
     stream_timeout_seconds: float = setting("GRPC_STREAM_TIMEOUT_SECONDS", 1800.0, check=POSITIVE)
     # /healthz and /readyz for probes (0: none).
     health_port: int = setting("CONVERTER_HEALTH_PORT", 0, check=PORT)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (converter), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "converter")
 
     def check(self) -> None:
         try:

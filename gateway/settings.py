@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import NOT_NEGATIVE, PORT, POSITIVE, EnvSettings, rabbitmq_setting, setting
+from common.grpc_tls import GrpcTls, tls_dir_setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -13,6 +14,7 @@ class Settings(EnvSettings):
     port: int = setting("GATEWAY_PORT", 8080, check=PORT)
     auth_address: str = setting("AUTH_SVC_ADDRESS", "127.0.0.1:5000")
     storage_address: str = setting("STORAGE_SVC_ADDRESS", "127.0.0.1:5001")
+    grpc_tls_dir: str = tls_dir_setting()
     rabbitmq_url: str = rabbitmq_setting()
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 512 * 1024 * 1024, check=POSITIVE)
     public_base_url: str = setting(
@@ -32,3 +34,7 @@ class Settings(EnvSettings):
     prometheus_multiproc_dir: str = setting("PROMETHEUS_MULTIPROC_DIR", "")
     # Server-Sent Events: a comment line this often keeps proxies from closing a quiet stream.
     sse_heartbeat_seconds: float = setting("SSE_HEARTBEAT_SECONDS", 15.0, check=POSITIVE)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (gateway), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "gateway")

@@ -16,6 +16,7 @@ from common.config import (
     rabbitmq_setting,
     setting,
 )
+from common.grpc_tls import GrpcTls, tls_dir_setting
 
 MIB = 1024 * 1024
 
@@ -24,6 +25,9 @@ MIB = 1024 * 1024
 class Settings(EnvSettings):
     bind_host: str = setting("BIND_HOST", "127.0.0.1")
     port: int = setting("STORAGE_PORT", 5001, check=PORT)
+    grpc_tls_dir: str = tls_dir_setting()
+    # Plaintext grpc.health.v1 only, for Kubernetes' gRPC probes (0: none).
+    health_port: int = setting("STORAGE_HEALTH_PORT", 0, check=PORT)
     mongo_uri: str = mongo_setting()
     mongo_db: str = setting("MONGO_DB", "video2mp3")
     video_bucket: str = setting("VIDEO_BUCKET", "videos")
@@ -49,6 +53,10 @@ class Settings(EnvSettings):
     # Videos of succeeded jobs are removed once the MP3 is stored, unless this is set
     # (the same value as the sweeper's).
     keep_videos: bool = setting("KEEP_VIDEOS", False)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (storage), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "storage")
 
     def check(self) -> None:
         if self.video_bucket == self.mp3_bucket:

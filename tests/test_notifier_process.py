@@ -124,7 +124,7 @@ class Running:
 
 
 def _env(
-    vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, health_port: int
+    infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, health_port: int
 ) -> dict[str, str]:
     return {
         **smtp_sink.env(),
@@ -140,6 +140,7 @@ def _env(
         "SMTP_TIMEOUT_SECONDS": "3",
         "NOTIFIER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
+        "GRPC_TLS_DIR": str(infra.tls_dir),
     }
 
 
@@ -148,7 +149,7 @@ def notifier_process(
     infra: Infra, vhost_url: str, smtp_sink: SmtpSink, auth_address: str, store: RealStore, tmp_path: Any
 ) -> Iterator[Running]:
     health_port = free_port()
-    env = _env(vhost_url, smtp_sink, auth_address, store, health_port)
+    env = _env(infra, vhost_url, smtp_sink, auth_address, store, health_port)
     process = ServiceProcess(f"notifier-{health_port}", python_module("notifier"), env, tmp_path)
     process.start()
     publisher = Publisher(vhost_url)
@@ -294,6 +295,7 @@ def test_bad_message_is_parked_and_the_consumer_keeps_going(
 
 
 def test_notifier_killed_between_send_and_mark_sends_one_email(
+    infra: Infra,
     vhost_url: str,
     smtp_sink: SmtpSink,
     auth_address: str,
@@ -303,7 +305,7 @@ def test_notifier_killed_between_send_and_mark_sends_one_email(
 ) -> None:
     marker = tmp_path / "sent"
     port = free_port()
-    env = {**_env(vhost_url, smtp_sink, auth_address, store, port), "NOTIFY_LEASE_SECONDS": "3"}
+    env = {**_env(infra, vhost_url, smtp_sink, auth_address, store, port), "NOTIFY_LEASE_SECONDS": "3"}
     paused = ServiceProcess(
         "notifier-paused",
         python_module("tests.notifier_paused"),
