@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
 
+from gateway import jsonio
 from gateway.clients import call_metadata, get_clients
 from gateway.errors import ApiError
 from gateway.identity import current_user, login_required, role_name
@@ -30,7 +31,11 @@ def _user_json(user: auth_pb2.User) -> dict[str, str]:
 
 
 def _json_credentials() -> tuple[str, str]:
-    body: Any = request.get_json(silent=True)
+    try:
+        body: Any = jsonio.loads(request.get_data(cache=True))
+    except ValueError as error:  # not JSON, not UTF-8, a lone surrogate, nested too deep
+        message = str(error) if isinstance(error, jsonio.JSONBodyError) else "the body is not valid JSON"
+        raise ApiError(400, "invalid_argument", message) from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_argument", 'the body must be a JSON object {"email": …, "password": …}')
     email, password = body.get("email"), body.get("password")
