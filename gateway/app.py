@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             exit_on_settings_error("gateway", error)
             raise  # unreachable: exit_on_settings_error exits
 
-    app = Flask("gateway")
+    app = Flask("gateway", static_folder=None)  # every route is one of ours, documented
     app.json = StrictJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
