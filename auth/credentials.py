@@ -9,7 +9,10 @@ on different keyboards matches.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -119,20 +122,56 @@ def make_hasher(settings: Settings) -> PasswordHasher:
     )
 
 
+class HashBusy(Exception):
+    """Every hashing slot is taken and the queue is full: refuse now, retry later."""
+
+
+class HashGate:
+    """At most ``concurrency`` hashes at once and ``queue`` more waiting; a call beyond that
+    is refused at once instead of taking another server thread. So however many sign-ups
+    and logins arrive, the server's other threads stay free for token checks."""
+
+    def __init__(self, concurrency: int, queue: int, wait_seconds: float = 30.0) -> None:
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._admitted = threading.BoundedSemaphore(concurrency + queue)
+        self._wait = wait_seconds
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._admitted.acquire(blocking=False):
+            raise HashBusy
+        try:
+            if not self._slots.acquire(timeout=self._wait):
+                raise HashBusy
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._admitted.release()
+
+
 class Passwords:
     def __init__(self, settings: Settings) -> None:
         self.hasher = make_hasher(settings)
+        self.gate = HashGate(settings.hash_concurrency, settings.hash_queue)
         # Verified against for unknown emails, so both failures cost the same time.
         self._dummy_hash = self.hasher.hash("not a real password: equalises timing")
 
     def hash(self, password: str) -> str:
-        return self.hasher.hash(password)
+        """argon2id of ``password``; HashBusy when the hashing slots and queue are full."""
+        with self.gate.slot():
+            return self.hasher.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
-        try:
-            return self.hasher.verify(stored_hash or self._dummy_hash, password) and stored_hash is not None
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        """Whether ``password`` matches; HashBusy when the hashing slots and queue are full."""
+        with self.gate.slot():
+            try:
+                return (
+                    self.hasher.verify(stored_hash or self._dummy_hash, password) and stored_hash is not None
+                )
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

@@ -36,11 +36,26 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
-    # Login throttling: failures within the window, per email and per client address.
+    # Login throttling: failures within the window before back-off, per account from one
+    # client address (…_PER_EMAIL) and per client address over all accounts.
     login_window_seconds: int = 900
     login_max_failures_per_email: int = 5
     login_max_failures_per_address: int = 20
     stop_grace_seconds: float = 10.0
+    # Login back-off per account + address, and the slowdown once an account (all
+    # addresses) or an address (all accounts) passes its limit (auth/throttle.py).
+    login_backoff_seconds: int = 30
+    login_backoff_max_seconds: int = 900
+    login_max_failures_per_account: int = 50
+    login_slowdown_seconds: int = 10
+    # Sign-ups per client address within a window.
+    register_max_per_address: int = 10
+    register_window_seconds: int = 3600
+    # Password hashes computed at once, and how many more may wait; beyond that a sign-up or
+    # login is refused at once (RESOURCE_EXHAUSTED), so hashing never takes every server
+    # thread and token checks always find one free.
+    hash_concurrency: int = 2
+    hash_queue: int = 4
 
     def __repr__(self) -> str:  # never print secrets into logs
         return (
@@ -79,6 +94,14 @@ class Settings:
             login_max_failures_per_email=env_int("LOGIN_MAX_FAILURES_PER_EMAIL", 5, env),
             login_max_failures_per_address=env_int("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, env),
             stop_grace_seconds=env_float("AUTH_STOP_GRACE_SECONDS", 10.0, env),
+            login_backoff_seconds=env_int("LOGIN_BACKOFF_SECONDS", 30, env),
+            login_backoff_max_seconds=env_int("LOGIN_BACKOFF_MAX_SECONDS", 900, env),
+            login_max_failures_per_account=env_int("LOGIN_MAX_FAILURES_PER_ACCOUNT", 50, env),
+            login_slowdown_seconds=env_int("LOGIN_SLOWDOWN_SECONDS", 10, env),
+            register_max_per_address=env_int("REGISTER_MAX_PER_ADDRESS", 10, env),
+            register_window_seconds=env_int("REGISTER_WINDOW_SECONDS", 3600, env),
+            hash_concurrency=env_int("HASH_CONCURRENCY", 2, env),
+            hash_queue=env_int("HASH_QUEUE", 4, env),
         )
         for name, value in (
             ("AUTH_PORT", settings.port),
@@ -90,11 +113,27 @@ class Settings:
             ("ARGON2_TIME_COST", settings.argon2_time_cost),
             ("ARGON2_PARALLELISM", settings.argon2_parallelism),
             ("AUTH_GRPC_MAX_WORKERS", settings.grpc_max_workers),
+            ("LOGIN_BACKOFF_SECONDS", settings.login_backoff_seconds),
+            ("LOGIN_BACKOFF_MAX_SECONDS", settings.login_backoff_max_seconds),
+            ("LOGIN_MAX_FAILURES_PER_ACCOUNT", settings.login_max_failures_per_account),
+            ("LOGIN_SLOWDOWN_SECONDS", settings.login_slowdown_seconds),
+            ("REGISTER_MAX_PER_ADDRESS", settings.register_max_per_address),
+            ("REGISTER_WINDOW_SECONDS", settings.register_window_seconds),
+            ("HASH_CONCURRENCY", settings.hash_concurrency),
         ):
             if value < (0 if name == "AUTH_PORT" else 1):
                 raise SettingsError(f"environment variable {name} must be positive, got {value}")
         if settings.argon2_memory_kib < 8 * settings.argon2_parallelism:
             raise SettingsError("ARGON2_MEMORY_KIB must be at least 8 times ARGON2_PARALLELISM")
+        if settings.hash_queue < 0:
+            raise SettingsError(
+                f"environment variable HASH_QUEUE must not be negative, got {settings.hash_queue}"
+            )
+        if settings.hash_concurrency + settings.hash_queue >= settings.grpc_max_workers:
+            raise SettingsError(
+                "HASH_CONCURRENCY + HASH_QUEUE must be below AUTH_GRPC_MAX_WORKERS, so token checks "
+                "always find a free server thread"
+            )
         if settings.download_token_max_ttl < settings.download_token_ttl:
             raise SettingsError("DOWNLOAD_TOKEN_MAX_TTL_SECONDS must not be below DOWNLOAD_TOKEN_TTL_SECONDS")
         return settings

@@ -56,7 +56,7 @@ def register() -> tuple[Response, int]:
     email, password = _json_credentials()
     _check_sizes(email, password)
     response = get_clients().auth.Register(
-        auth_pb2.RegisterRequest(email=email, password=password),
+        auth_pb2.RegisterRequest(email=email, password=password, client_address=request.remote_addr or ""),
         timeout=current_app.config["GRPC_TIMEOUT_SECONDS"],
         metadata=call_metadata(),
     )
