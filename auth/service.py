@@ -115,7 +115,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> auth_pb2.RegisterResponse:
         try:
-            email = validate_email(request.email)
+            email = validate_email(request.email, allow_utf8_local=self.settings.mail_smtputf8)
             password = validate_new_password(request.password, email)
         except CredentialError as error:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import SettingsError, env_float, env_int, env_str
+from common.config import SettingsError, env_bool, env_float, env_int, env_str
 
 # HS256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
@@ -56,6 +56,9 @@ class Settings:
     # thread and token checks always find one free.
     hash_concurrency: int = 2
     hash_queue: int = 4
+    # The notifier's mail relay offers SMTPUTF8: addresses with non-ASCII characters before
+    # the @ are then accepted at sign-up (common/email_address.py).
+    mail_smtputf8: bool = False
 
     def __repr__(self) -> str:  # never print secrets into logs
         return (
@@ -102,6 +105,7 @@ class Settings:
             register_window_seconds=env_int("REGISTER_WINDOW_SECONDS", 3600, env),
             hash_concurrency=env_int("HASH_CONCURRENCY", 2, env),
             hash_queue=env_int("HASH_QUEUE", 4, env),
+            mail_smtputf8=env_bool("MAIL_SMTPUTF8", False, env),
         )
         for name, value in (
             ("AUTH_PORT", settings.port),

@@ -149,15 +149,15 @@ def test_wrong_password_and_unknown_user_fail_the_same_way(auth_stub: Any) -> No
     ("email", "reason"),
     [
         ("", "email is required"),
-        ("no-at-sign.example.com", "not a valid"),
-        ("two@@example.com", "not a valid"),
-        ("user@localhost", "not a valid"),
-        ("user name@example.com", "not a valid"),
-        ("user@exa mple.com", "not a valid"),
-        ("user@example..com", "not a valid"),
-        (".user@example.com", "not a valid"),
-        ("user\x00@example.com", "control"),
-        ("a" * 65 + "@example.com", "not a valid"),
+        ("no-at-sign.example.com", "we can send to"),
+        ("two@@example.com", "we can send to"),
+        ("user@localhost", "we can send to"),
+        ("user name@example.com", "we can send to"),
+        ("user@exa mple.com", "we can send to"),
+        ("user@example..com", "we can send to"),
+        (".user@example.com", "we can send to"),
+        ("user\x00@example.com", "control characters"),
+        ("a" * 65 + "@example.com", "we can send to"),
         ("a@" + "b" * 250 + ".com", "at most 254"),
     ],
 )
@@ -206,16 +206,30 @@ def test_sql_injection_attempt_leaves_users_table_intact(auth_stub: Any, infra: 
 
 
 @pytest.mark.parametrize(
-    "email",
-    ["josé.garcía@example.com", "ünïcödé@bücher.example", "用户@例子.广告", "δοκιμή@παράδειγμα.δοκιμή"],
+    ("email", "smtputf8"),
+    [
+        ("jose.garcia@bücher.example", False),  # an internationalised domain needs nothing more
+        ("user@例子.广告", False),
+        ("josé.garcía@example.com", True),  # non-ASCII before the @: only with an SMTPUTF8 relay
+        ("ünïcödé@bücher.example", True),
+        ("用户@例子.广告", True),
+        ("δοκιμή@παράδειγμα.δοκιμή", True),
+    ],
 )
-def test_unicode_emails(auth_stub: Any, infra: Any, email: str) -> None:
+def test_unicode_emails(auth_settings: Settings, infra: Any, email: str, smtputf8: bool) -> None:
     local, domain = email.split("@")
     email = f"{local}{uuid.uuid4().hex[:6]}@{domain}"
-    user = register(auth_stub, email)
-    assert user.email == email and user_row(infra, user.id)[0] == email
-    assert login(auth_stub, email.upper()).user.id == user.id
-    assert code_of(lambda: register(auth_stub, email.upper())) == grpc.StatusCode.ALREADY_EXISTS
+    srv = create_server(dataclasses.replace(auth_settings, mail_smtputf8=smtputf8), port=0)
+    srv.server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            user = register(stub, email)
+            assert user.email == email and user_row(infra, user.id)[0] == email
+            assert login(stub, email.upper()).user.id == user.id
+            assert code_of(lambda: register(stub, email.upper())) == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        srv.stop(0.5)
 
 
 def test_unicode_passphrase_is_normalised(auth_stub: Any) -> None:
