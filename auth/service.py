@@ -33,6 +33,8 @@ log = logging.getLogger("auth")
 MAX_FILE_ID_CHARS = 128
 MAX_ADDRESS_CHARS = 128
 BAD_CREDENTIALS = "invalid email or password"
+# Why a login may end before the password was checked: not the caller's failure.
+NOT_CHECKED: tuple[type[BaseException], ...] = (HashBusy, *CONNECTION_ERRORS)
 BAD_TOKEN = "invalid or expired token"  # noqa: S105 - a message, not a secret
 
 R = TypeVar("R")
@@ -145,14 +147,23 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         address, account = request.client_address, email_key(email)
         # Counted as a failure from here on, atomically with the check; taken back below.
         self.throttle.admit(account, address)
-        row = self.users.by_email(email)
+        try:
+            row = self.users.by_email(email)
+            matched = self.passwords.verify(row.password_hash if row else None, password)
+        except NOT_CHECKED:
+            # Never checked: not a failure of the caller's (a busy server must not lock anyone out).
+            self.throttle.release(account, address)
+            raise
         # Unknown email and wrong password take the same path, time and message.
-        if not self.passwords.verify(row.password_hash if row else None, password) or row is None:
+        if not matched or row is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-        if self.passwords.needs_rehash(row.password_hash):
-            self.users.update_hash(row.id, row.password_hash, self.passwords.hash(password))
-            log.info("password rehashed with current parameters", extra={"user_id": row.id})
         self.throttle.succeeded(account, address)
+        if self.passwords.needs_rehash(row.password_hash):
+            try:
+                self.users.update_hash(row.id, row.password_hash, self.passwords.hash(password))
+                log.info("password rehashed with current parameters", extra={"user_id": row.id})
+            except HashBusy:
+                pass  # busy: rehashed at a later login
         token, _expires_at = self.tokens.issue_access(row.id, row.email, row.role)
         return auth_pb2.LoginResponse(
             access_token=token,

@@ -96,6 +96,8 @@ _COUNT = (
     "WHERE kind = %s AND subject = %s"
 )
 
+_UNCOUNT = "UPDATE throttle SET failures = GREATEST(failures, 1) - 1 WHERE kind = %s AND subject = %s"
+
 
 class _Counters:
     def __init__(self, db: Database, window_seconds: int) -> None:
@@ -198,11 +200,18 @@ class LoginThrottle:
                             (kind, subject),
                         )
                     else:
-                        cur.execute(
-                            "UPDATE throttle SET failures = GREATEST(failures, 1) - 1"
-                            " WHERE kind = %s AND subject = %s",
-                            (kind, subject),
-                        )
+                        cur.execute(_UNCOUNT, (kind, subject))
+
+        _retrying(run)
+
+    def release(self, account: str, address: str) -> None:
+        """The admitted attempt was never checked (the server was busy or the database went
+        away): take back the failure counted on admission."""
+
+        def run() -> None:
+            with self.db.transaction() as cur:
+                for kind, subject in self._keys(account, address):
+                    cur.execute(_UNCOUNT, (kind, subject))
 
         _retrying(run)
 

@@ -118,3 +118,42 @@ def test_hashing_slots_must_leave_server_threads_free(infra: Any) -> None:
     env = auth_env(infra, AUTH_GRPC_MAX_WORKERS="4", HASH_CONCURRENCY="2", HASH_QUEUE="2")
     with pytest.raises(SettingsError, match="HASH_CONCURRENCY"):
         Settings.from_env(env)
+
+
+def test_logins_refused_as_busy_do_not_count_as_failures(
+    auth_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While hashing is saturated, logins are refused at once; they were never checked, so
+    they count for nothing: the owner's next login from that address goes through."""
+    with auth_stub_with(
+        auth_settings, grpc_max_workers=4, hash_concurrency=1, hash_queue=0, login_max_failures_per_email=2
+    ) as stub:
+        email, addr = unique_email(), address()
+        stub.Register(pb.RegisterRequest(email=email, password=PASSWORD, client_address=address()), timeout=T)
+        entered, release = threading.Semaphore(0), threading.Event()
+        real_verify = PasswordHasher.verify
+
+        def held_verify(self: PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+            entered.release()
+            release.wait(60)
+            return real_verify(self, hash, password)
+
+        def login(who: str, password: str = PASSWORD) -> grpc.StatusCode:
+            try:
+                stub.Login(pb.LoginRequest(email=who, password=password, client_address=addr), timeout=T)
+            except grpc.RpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        monkeypatch.setattr(PasswordHasher, "verify", held_verify)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(login, unique_email())  # another account, same address: holds the slot
+            try:
+                assert entered.acquire(timeout=T)
+                busy = [login(email, "wrong passphrase!") for _ in range(5)]
+                assert busy == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5
+            finally:
+                release.set()
+            assert held.result(timeout=T) == grpc.StatusCode.UNAUTHENTICATED
+        monkeypatch.setattr(PasswordHasher, "verify", real_verify)
+        assert login(email) == grpc.StatusCode.OK
