@@ -56,6 +56,8 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "STORAGE_SVC_ADDRESS": f"127.0.0.1:{ports['STORAGE_PORT']}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
+        # This session's other tests sign up from loopback into the same database.
+        "REGISTER_MAX_PER_ADDRESS": infra.service_env()["REGISTER_MAX_PER_ADDRESS"],
     }
     env.pop("PYTHONPATH", None)
     up = subprocess.run(
