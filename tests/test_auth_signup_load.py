@@ -53,7 +53,7 @@ def test_the_gateway_passes_the_client_address_honouring_trusted_proxies(
     from auth.server import create_server
 
     srv = create_server(settings, port=0)
-    srv.server.start()
+    srv.start()
     try:
         app = auth_gateway_factory(AUTH_SVC_ADDRESS=f"127.0.0.1:{srv.port}", TRUSTED_PROXY_COUNT="1")
         http = app.test_client()

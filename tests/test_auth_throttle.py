@@ -17,6 +17,8 @@ from video2mp3.auth.v1 import auth_pb2_grpc
 
 from auth.server import create_server
 from auth.settings import Settings
+from common.grpc_client import secure_channel
+from common.grpc_tls import GrpcTls
 from tests.fixtures.auth import unique_email
 
 PASSWORD = "correct horse battery staple"
@@ -26,10 +28,13 @@ T = 30
 
 @contextmanager
 def auth_stub_with(settings: Settings, **changes: Any) -> Iterator[auth_pb2_grpc.AuthServiceStub]:
+    """A real auth server with ``changes`` to its settings, and a stub (as the operator, who
+    may call every method, over mutual TLS with the session's certificates)."""
     srv = create_server(dataclasses.replace(settings, **changes), port=0)
-    srv.server.start()
+    srv.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        tls = GrpcTls.load(settings.grpc_tls_dir, "operator")
+        with secure_channel(f"127.0.0.1:{srv.port}", tls) as channel:
             yield auth_pb2_grpc.AuthServiceStub(channel)
     finally:
         srv.stop(0.5)

@@ -5,20 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from flask import Flask
 from openapi_spec_validator import validate
 
 from gateway import openapi
-from gateway.app import create_app
-from gateway.settings import Settings
 
 # Flask answers these for every rule by itself (HEAD with GET); the document lists the others.
 IMPLIED_METHODS = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-def app_operations() -> set[tuple[str, str]]:
+def app_operations(app: Flask) -> set[tuple[str, str]]:
     """(METHOD, /path/{param}) of every route the gateway app serves."""
-    app = create_app(Settings())
     found = set()
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
@@ -42,8 +40,8 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     validate(document)  # raises with the first schema violation
 
 
-def test_every_route_is_documented_and_nothing_else() -> None:
-    served, documented = app_operations(), documented_operations(openapi.document())
+def test_every_route_is_documented_and_nothing_else(auth_gateway: Flask) -> None:
+    served, documented = app_operations(auth_gateway), documented_operations(openapi.document())
     missing = sorted(f"{m} {p}" for m, p in served - documented)
     extra = sorted(f"{m} {p}" for m, p in documented - served)
     assert not missing, f"routes the app serves but gateway/openapi.yaml does not document: {missing}"
@@ -56,8 +54,8 @@ def test_openapi_json_is_served(auth_http: Any) -> None:
     assert response.get_json() == openapi.document()
 
 
-def test_route_check_names_a_missing_route() -> None:
+def test_route_check_names_a_missing_route(auth_gateway: Flask) -> None:
     """The check itself can fail: a document without /me reports exactly GET /me."""
     document = dict(openapi.document())
     document["paths"] = {k: v for k, v in document["paths"].items() if k != "/me"}
-    assert app_operations() - documented_operations(document) == {("GET", "/me")}
+    assert app_operations(auth_gateway) - documented_operations(document) == {("GET", "/me")}

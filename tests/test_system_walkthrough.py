@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common.grpc_tls import GrpcTls
 from tests.fixtures.infra import Infra, SmtpSink
 from tests.media import audio_duration
 from tests.support import ROOT, free_port, port_open
@@ -58,6 +59,7 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
         # This session's other tests sign up from loopback into the same database.
         "REGISTER_MAX_PER_ADDRESS": infra.service_env()["REGISTER_MAX_PER_ADDRESS"],
+        "GRPC_TLS_DIR": str(infra.tls_dir),  # the session's certificates (dev/up.sh keeps them)
     }
     env.pop("PYTHONPATH", None)
     up = subprocess.run(
@@ -117,16 +119,26 @@ def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
 
 
 def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
+    """As the README shows: grpcurl with the operator's certificate of $GRPC_TLS_DIR."""
     grpcurl = str(ROOT / ".venv/bin/grpcurl")
+    tls = Path(upped["GRPC_TLS_DIR"])
+    operator = [
+        "-cacert",
+        str(tls / "ca.crt"),
+        "-cert",
+        str(tls / "operator.crt"),
+        "-key",
+        str(tls / "operator.key"),
+    ]
     auth = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
     storage = subprocess.run(
-        [grpcurl, "-plaintext", upped["STORAGE_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["STORAGE_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -135,7 +147,7 @@ def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     assert "video2mp3.auth.v1.AuthService" in auth and "grpc.health.v1.Health" in auth
     assert "video2mp3.storage.v1.StorageService" in storage and "video2mp3.storage.v1.JobService" in storage
     health = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -170,12 +182,13 @@ def test_a_crashed_service_is_restarted(upped: dict[str, str]) -> None:
     from tests.support import wait_for
 
     auth_address, gateway = upped["AUTH_SVC_ADDRESS"], upped["PUBLIC_BASE_URL"]
+    operator = GrpcTls.load(upped["GRPC_TLS_DIR"], "operator")
     (before,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
     storage_pids = _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"])
-    assert storage_pids and grpc_serving(auth_address)
+    assert storage_pids and grpc_serving(auth_address, operator)
     os.kill(before, signal.SIGKILL)
-    wait_for(lambda: not grpc_serving(auth_address), timeout=30, what="auth down")
-    wait_for(lambda: grpc_serving(auth_address), timeout=90, what="auth serving again")
+    wait_for(lambda: not grpc_serving(auth_address, operator), timeout=30, what="auth down")
+    wait_for(lambda: grpc_serving(auth_address, operator), timeout=90, what="auth serving again")
     (after,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
     assert after != before
     assert _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"]) == storage_pids
