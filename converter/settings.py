@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from common.amqp import ConsumerSettings, Topology
 from common.config import SettingsError, env_bool, env_float, env_int, env_str, rabbitmq_url
-from converter.transcode import EncodeOptions
+from converter.encoders import EncodeOptions
 
 
 @dataclass(frozen=True)
