@@ -81,6 +81,8 @@ class Transcoder:
         self._container = open_media(self.path)
         try:
             self.source = probe(self._container, filename or self.path.name)
+            if self.job.HasField("track") and 0 <= self.job.track < len(self.source.audio_tracks):
+                self.source.chosen_track = self.job.track
             if on_probed is not None:
                 on_probed(self.source)
             self._stream = choose_audio(self._container, self.source, self.job)

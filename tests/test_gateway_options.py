@@ -156,7 +156,7 @@ def test_options_in_any_order_reach_the_job_and_the_event(
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-@pytest.mark.parametrize(("fields", "named"), [({"bitrate": "100"}, "bitrate"), ({"speed": "2"}, "speed")])
+@pytest.mark.parametrize(("fields", "named"), BAD)
 def test_a_bad_option_is_a_400_and_nothing_is_stored(
     media_user: Callable[[], MediaUser],
     storage_service: StorageHandle,
