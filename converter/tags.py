@@ -103,7 +103,25 @@ class Tags:
             return b""
         out = io.BytesIO()
         tag.save(out, v2_version=4, padding=lambda _info: 0)
-        return out.getvalue()
+        return _chapters_in_order(out.getvalue())
+
+
+def _syncsafe(data: bytes) -> int:
+    return (data[0] << 21) | (data[1] << 14) | (data[2] << 7) | data[3]
+
+
+def _chapters_in_order(tag: bytes) -> bytes:
+    """mutagen orders frames of one kind by their size; put the CHAP frames in chapter
+    order (some readers, ffprobe among them, list chapters in frame order)."""
+    frames: list[bytes] = []
+    pos, end = 10, 10 + _syncsafe(tag[6:10])
+    while pos + 10 <= end and tag[pos : pos + 4] != b"\x00\x00\x00\x00":
+        size = 10 + _syncsafe(tag[pos + 4 : pos + 8])
+        frames.append(tag[pos : pos + size])
+        pos += size
+    chapters = sorted((f for f in frames if f[:4] == b"CHAP"), key=lambda f: int(f[13 : f.index(0, 10)]))
+    ordered = iter(chapters)
+    return tag[:10] + b"".join(next(ordered) if f[:4] == b"CHAP" else f for f in frames) + tag[pos:]
 
 
 def read_tags(

@@ -138,7 +138,7 @@ def test_trim_is_exact_and_chapters_follow(rich: Path, tmp_path: Path) -> None:
     chapters = [
         (float(c["start_time"]), float(c["end_time"]), c["tags"]["title"]) for c in ffprobe(mp3)["chapters"]
     ]
-    assert sorted(chapters) == [(0.0, 0.5, "Intro"), (0.5, 3.0, "Middle"), (3.0, 3.5, "End")]
+    assert chapters == [(0.0, 0.5, "Intro"), (0.5, 3.0, "Middle"), (3.0, 3.5, "End")]
 
 
 def test_trimming_seeks_instead_of_decoding_the_start(
