@@ -6,6 +6,8 @@ stored."""
 from __future__ import annotations
 
 import io
+import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +17,7 @@ from video2mp3.storage.v1 import options_pb2
 from werkzeug.datastructures import FileStorage
 
 from gateway.errors import ApiError
-from gateway.options import parse, parse_time, to_json
+from gateway.options import FIELDS, parse, parse_time, to_json
 from tests.fixtures.infra import Infra
 from tests.fixtures.storage import StorageHandle
 from tests.fixtures.storage_gateway import MediaUser
@@ -196,3 +198,23 @@ def test_repeated_fields_and_a_second_file_are_refused(
         )
         assert_error(response, 400)
     assert leftovers(storage_service, user.id) == (0, 0)
+
+
+def test_the_readme_examples_are_valid_and_cover_every_option() -> None:
+    """`make options` prints this README section: its curl examples must stay true."""
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- options:start -->", 1)[1].split("<!-- options:end -->", 1)[0]
+    examples = section.split("```sh", 1)[1].split("```", 1)[0].replace("\\\n", " ").splitlines()
+    seen: set[str] = set()
+    for line in filter(None, examples):
+        words = shlex.split(line)
+        pairs = [words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "-F"]
+        fields = {name: value for name, value in pairs if name != "file"}
+        assert fields, line
+        parse(fields)
+        seen |= fields.keys()
+    assert seen == set(FIELDS)
+    table = " ".join(line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))
+    assert set(re.findall(r"`([a-z_]+)`", table)) == set(FIELDS)
