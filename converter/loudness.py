@@ -69,6 +69,17 @@ def _graph(first: av.AudioFrame, filters: list[tuple[str, str]]) -> av.filter.Gr
     return graph
 
 
+def window(frames: Iterator[av.AudioFrame], start: float, end: float | None) -> Iterator[av.AudioFrame]:
+    """Whole frames overlapping [start, end) (for measuring; the encoder cuts exactly)."""
+    for frame in frames:
+        begin = frame.time
+        if begin is not None and end is not None and begin >= end:
+            return
+        if begin is not None and begin + frame.samples / frame.sample_rate <= start:
+            continue
+        yield frame
+
+
 def measure(frames: Iterable[av.AudioFrame]) -> Loudness:
     """Integrated loudness and true peak of the sound, frame by frame."""
     graph: av.filter.Graph | None = None

@@ -209,3 +209,9 @@ def check_range(options: options_pb2.ConversionOptions, duration: float | None) 
             f"start {hms(options.start_seconds)} is past the end of the sound track, "
             f"which lasts {hms(duration)}",
         )
+
+
+def too_long(seconds: float, limit: float) -> MediaError:
+    return MediaError(
+        Failure.TOO_LONG, f"the sound track is too long ({hms(seconds)}); the limit is {hms(limit)}"
+    )

@@ -34,7 +34,7 @@ from converter.encoders import (
     output_channels,
     output_rate,
 )
-from converter.media import Cancelled, Failure, MediaError, hms
+from converter.media import Cancelled, Failure, MediaError, hms, too_long
 
 log = logging.getLogger("converter.pipeline")
 
@@ -96,17 +96,6 @@ def decoded_frames(
         raise MediaError(
             Failure.TRUNCATED, "the file is damaged or incomplete: it ends in the middle of the sound"
         ) from error
-
-
-def window(frames: Iterator[av.AudioFrame], start: float, end: float | None) -> Iterator[av.AudioFrame]:
-    """Whole frames overlapping [start, end) (for measuring; the encoder cuts exactly)."""
-    for frame in frames:
-        begin = frame.time
-        if begin is not None and end is not None and begin >= end:
-            return
-        if begin is not None and begin + frame.samples / frame.sample_rate <= start:
-            continue
-        yield frame
 
 
 class Pipeline:
@@ -317,9 +306,3 @@ class Pipeline:
                 f"the file is incomplete: it says it lasts {hms(self.plan.declared or 0)} but only "
                 f"{hms(got)} of sound could be read (the upload may have been cut off)",
             )
-
-
-def too_long(seconds: float, limit: float) -> MediaError:
-    return MediaError(
-        Failure.TOO_LONG, f"the sound track is too long ({hms(seconds)}); the limit is {hms(limit)}"
-    )

@@ -36,8 +36,9 @@ from converter.media import (
     probe,
     stream_duration,
     title_from_filename,
+    too_long,
 )
-from converter.pipeline import Pipeline, Plan, decoded_frames, too_long, window
+from converter.pipeline import Pipeline, Plan, decoded_frames
 from converter.tags import Tags, cover_for, read_chapters, read_tags
 
 __all__ = [
@@ -121,7 +122,7 @@ class Transcoder:
             for other in container.streams:
                 if other.index != stream.index:
                     other.discard = av.stream.Discard.all
-            frames = window(decoded_frames(container, stream, self.start), self.start, self.end)
+            frames = loudness.window(decoded_frames(container, stream, self.start), self.start, self.end)
             measured = loudness.measure(frames)
         return loudness.Gain.to_target(measured)
 
