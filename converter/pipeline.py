@@ -281,6 +281,10 @@ class Pipeline:
             pcm, skip, keep = self._cut(out, skip, keep)
             if pcm is not None:
                 yield pcm
+        if self.samples_out == 0 and plan.start > 0:
+            raise MediaError(
+                Failure.OUT_OF_RANGE, f"start {hms(plan.start)} is past the end of the sound track"
+            )
 
     def _cut(
         self, frame: av.AudioFrame, skip: int, keep: int | None

@@ -252,3 +252,15 @@ def test_frame_index_follows_frames_split_anywhere(rich: Path, tmp_path: Path) -
     assert list(whole.offsets) == list(pieces.offsets) and whole.frames > 200
     # The header frame counts the frames after it.
     assert whole.frames - 1 == int.from_bytes(frames[36 + 8 : 36 + 12], "big")
+
+
+def test_start_past_the_end_of_a_file_that_does_not_say_its_length(
+    monkeypatch: pytest.MonkeyPatch, rich: Path, tmp_path: Path
+) -> None:
+    from converter import transcode
+
+    monkeypatch.setattr(transcode, "stream_duration", lambda container, stream: None)
+    with pytest.raises(MediaError) as caught:
+        convert(rich, tmp_path, Options(start_seconds=30.0))
+    assert caught.value.kind is Failure.OUT_OF_RANGE and "past the end" in caught.value.reason
+    assert list(tmp_path.iterdir()) == []  # nothing written
