@@ -56,7 +56,7 @@ def state_name(state: int) -> str:
 
 
 def to_job(doc: dict[str, Any]) -> jobs_pb2.Job:
-    return jobs_pb2.Job(
+    job = jobs_pb2.Job(
         id=str(doc["_id"]),
         owner_id=doc.get("owner_id", ""),
         owner_email=doc.get("owner_email", ""),
@@ -70,9 +70,15 @@ def to_job(doc: dict[str, Any]) -> jobs_pb2.Job:
         created_at=timestamp(doc.get("created_at")),
         updated_at=timestamp(doc.get("updated_at")),
         duration_seconds=float(doc.get("duration_seconds", 0.0)),
-        options=json_format.ParseDict(doc.get("options") or {}, options_pb2.ConversionOptions()),
-        source=json_format.ParseDict(doc.get("source") or {}, options_pb2.SourceInfo()),
+        options=json_format.ParseDict(
+            doc.get("options") or {}, options_pb2.ConversionOptions(), ignore_unknown_fields=True
+        ),
     )
+    if doc.get("source"):  # once a converter has probed the video
+        job.source.CopyFrom(
+            json_format.ParseDict(doc["source"], options_pb2.SourceInfo(), ignore_unknown_fields=True)
+        )
+    return job
 
 
 def _as_dict(message: options_pb2.ConversionOptions | options_pb2.SourceInfo) -> dict[str, Any]:
