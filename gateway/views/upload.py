@@ -120,9 +120,11 @@ def _options(
     the stored video before the client gets its 400."""
     try:
         return upload_options.parse(reader.finish())
-    except (ApiError, HTTPException) as error:
+    except BaseException as error:
         _rollback(clients, user, video.id, None)
-        raise _client_side(error, limit) from None
+        if isinstance(error, ApiError | HTTPException):
+            raise _client_side(error, limit) from None
+        raise
 
 
 def _client_side(error: BaseException, limit: int) -> BaseException:
