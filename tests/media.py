@@ -55,7 +55,7 @@ class MediaSpec:
     default_track: int | None = None  # the track flagged default (None: as the muxer does)
     tags: tuple[tuple[str, str], ...] = ()  # container tags: ("artist", "Someone"), …
     chapters: tuple[tuple[float, float, str], ...] = ()  # (start s, end s, title)
-    cover: bool = False  # an attached picture (a JPEG), as MP4 covr / Matroska attachment
+    cover: bool = False  # an attached picture (a JPEG): MP4 covr, Matroska attachment
 
 
 def _layout(channels: int) -> str:
@@ -96,7 +96,11 @@ def make_media(path: Path, spec: MediaSpec | None = None) -> Path:
                     default = av.stream.Disposition.default
                     astream.disposition = default if index == spec.default_track else av.stream.Disposition(0)
                 astreams.append(astream)
-        picture = _add_cover(out) if spec.cover else None
+        picture = None
+        if spec.cover and fmt in ("matroska", "webm"):
+            out.add_attachment("cover.jpg", "image/jpeg", cover_jpeg())  # as mkvpropedit does
+        elif spec.cover:
+            picture = _add_cover(out)
         for key, value in spec.tags:
             out.metadata[key] = value
         if spec.chapters:

@@ -237,6 +237,11 @@ def test_covers(rich: Path, tmp_path: Path) -> None:
         if s["codec_type"] == "video"
     ]
     assert (big[0]["width"], big[0]["height"]) == (640, 360)
+    mkv = make_media(tmp_path / "cover.mkv", MediaSpec(container="mkv", cover=True))  # an attachment
+    attachment = [
+        s for s in ffprobe(convert(mkv, tmp_path, Options()))["streams"] if s["codec_type"] == "video"
+    ]
+    assert len(attachment) == 1 and (attachment[0]["width"], attachment[0]["height"]) == COVER_SIZE
     none = ffprobe(convert(rich, tmp_path, Options(cover=options_pb2.COVER_MODE_NONE)))["streams"]
     assert [s["codec_type"] for s in none] == ["audio"]
 
