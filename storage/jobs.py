@@ -31,7 +31,8 @@ from google.protobuf import json_format
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, options_pb2, storage_pb2
 
 from common.conversion_options import problem
-from storage.mongo import Mongo, now, parse_id, timestamp, unavailable_on_mongo_error
+from storage.mongo import Mongo, now
+from storage.rpc import parse_id, timestamp, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.jobs")
 
