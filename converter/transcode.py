@@ -79,6 +79,7 @@ class Transcoder:
         self.options = (options or EncodeOptions()).for_job(self.job)
         self.bytes_out = 0
         self._pipeline: Pipeline | None = None
+        self._frames_path: Path | None = None
         self._container = open_media(self.path)
         try:
             self.source = probe(self._container, filename or self.path.name)
@@ -130,7 +131,7 @@ class Transcoder:
         """Tag and header, then the MP3 frames, in chunks of at least ``MIN_CHUNK`` bytes
         (the last may be smaller)."""
         fd, name = tempfile.mkstemp(prefix=".mp3-", suffix=".frames", dir=self.path.parent)
-        frames_path = Path(name)
+        frames_path = self._frames_path = Path(name)
         try:
             with os.fdopen(fd, "w+b") as frames_file:
                 index = self._encode_into(frames_file)
@@ -180,7 +181,11 @@ class Transcoder:
         )
 
     def close(self) -> None:
+        """Closes the file and removes the encoded frames, also when ``chunks()`` was left
+        unfinished (a failed upload stops reading it)."""
         self._container.close()
+        if self._frames_path is not None:
+            self._frames_path.unlink(missing_ok=True)
 
 
 def transcode_file(
