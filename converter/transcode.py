@@ -124,8 +124,19 @@ class Transcoder:
                 if other.index != stream.index:
                     other.discard = av.stream.Discard.all
             frames = loudness.window(decoded_frames(container, stream, self.start), self.start, self.end)
-            measured = loudness.measure(frames)
+            measured = loudness.measure(self._checked(frames))
         return loudness.Gain.to_target(measured)
+
+    def _checked(self, frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+        """The measuring pass stops like the encoding one: when asked to, or past the limit."""
+        seconds = 0.0
+        for frame in frames:
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled("conversion stopped")
+            seconds += frame.samples / (frame.sample_rate or 1)
+            if seconds > self.options.max_duration_seconds:
+                raise too_long(seconds, self.options.max_duration_seconds)
+            yield frame
 
     def chunks(self) -> Iterator[bytes]:
         """Tag and header, then the MP3 frames, in chunks of at least ``MIN_CHUNK`` bytes

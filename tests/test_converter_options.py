@@ -269,3 +269,12 @@ def test_start_past_the_end_of_a_file_that_does_not_say_its_length(
         convert(rich, tmp_path, Options(start_seconds=30.0))
     assert caught.value.kind is Failure.OUT_OF_RANGE and "past the end" in caught.value.reason
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_measuring_pass_stops_when_asked(rich: Path) -> None:
+    from converter.media import Cancelled
+
+    transcoder = Transcoder(rich, "x", job=Options(normalize=True), should_stop=lambda: True)
+    with pytest.raises(Cancelled):
+        next(transcoder.chunks())
+    assert [p.name for p in rich.parent.iterdir()] == ["rich.mp4"]  # no frames left behind

@@ -19,8 +19,11 @@ import av
 import lameenc
 import numpy as np
 import pytest
+from video2mp3.storage.v1.options_pb2 import ConversionOptions
 
 from converter import mp3frames, segments
+from converter.media import choose_audio, open_media, probe
+from converter.pipeline import Pipeline, Plan
 from converter.transcode import Cancelled, EncodeOptions, Transcoder
 from tests.media import MediaSpec, make_media
 
@@ -302,20 +305,17 @@ def test_transcoder_on_several_threads_matches_one_thread(long_clip: Path) -> No
 def test_segments_are_joined_while_the_sound_is_still_being_decoded(long_clip: Path) -> None:
     """The decoder runs at most a few segments ahead of the encoders (fixed PCM buffers),
     and joined frames leave as soon as the next segment is encoded."""
-    transcoder = Transcoder(long_clip, title="long", options=EncodeOptions(threads=2))
-    transcoder._pipeline = None
-    from converter.pipeline import Pipeline, Plan
-
-    pipeline = Pipeline(transcoder._container, transcoder._stream, Plan(encode=transcoder.options))
-    frames = pipeline.frames()
-    first = next(frames)
-    decoded_when_first = pipeline.duration_seconds
-    rest = b"".join(frames)
+    with open_media(long_clip) as container:
+        stream = choose_audio(container, probe(container, long_clip.name), ConversionOptions())
+        pipeline = Pipeline(container, stream, Plan(encode=EncodeOptions(threads=2)))
+        frames = pipeline.frames()
+        first = next(frames)
+        decoded_when_first = pipeline.duration_seconds
+        rest = b"".join(frames)
     assert first[:2] == b"\xff\xfb"
     assert decoded_when_first < 0.75 * LONG
     assert abs(pipeline.duration_seconds - LONG) < 0.05
-    assert len(mp3frames.split_frames(first + rest)) == pytest.approx(LONG * 44100 / 1152, abs=3)
-    transcoder.close()
+    assert len(mp3frames.split_frames(first + rest)) == pytest.approx(LONG * RATE / 1152, abs=3)
 
 
 def test_a_stopped_conversion_on_several_threads_leaves_no_thread_behind(long_clip: Path) -> None:
