@@ -167,17 +167,19 @@ def test_a_bad_option_is_a_400_and_nothing_is_stored(
     named: str,
 ) -> None:
     user = media_user()
+    # Compared with before: user ids of other tests' auth databases may match this one's.
+    before = leftovers(storage_service, user.id), storage_service.orphan_chunks()
     response = upload(user, fields, {}) if where == "before" else upload(user, {}, fields)
     body = assert_error(response, 400)
     assert named in body["message"]
-    assert leftovers(storage_service, user.id) == (0, 0)
-    assert storage_service.orphan_chunks() == 0
+    assert (leftovers(storage_service, user.id), storage_service.orphan_chunks()) == before
 
 
 def test_repeated_fields_and_a_second_file_are_refused(
     media_user: Callable[[], MediaUser], storage_service: StorageHandle
 ) -> None:
     user = media_user()
+    before = leftovers(storage_service, user.id)
     boundary = "bndry"
 
     def part(name: str, value: bytes, filename: str | None = None) -> bytes:
@@ -197,7 +199,7 @@ def test_repeated_fields_and_a_second_file_are_refused(
             content_type=f"multipart/form-data; boundary={boundary}",
         )
         assert_error(response, 400)
-    assert leftovers(storage_service, user.id) == (0, 0)
+    assert leftovers(storage_service, user.id) == before
 
 
 def test_the_readme_examples_are_valid_and_cover_every_option() -> None:
