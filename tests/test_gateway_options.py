@@ -220,3 +220,13 @@ def test_the_readme_examples_are_valid_and_cover_every_option() -> None:
     assert seen == set(FIELDS)
     table = " ".join(line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))
     assert set(re.findall(r"`([a-z_]+)`", table)) == set(FIELDS)
+
+
+def test_the_openapi_document_lists_every_option() -> None:
+    from gateway import openapi
+
+    upload_form = openapi.document()["paths"]["/upload"]["post"]["requestBody"]["content"]
+    fields = set(upload_form["multipart/form-data"]["schema"]["properties"]) - {"file"}
+    assert fields == set(FIELDS)
+    options = openapi.document()["components"]["schemas"]["Options"]["properties"]
+    assert set(options) == set(FIELDS)

@@ -19,7 +19,7 @@ import grpc
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.storage.v1 import jobs_pb2, options_pb2, storage_pb2
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from common.amqp import PublishError
 from common.events import RK_REQUESTED, conversion_requested
@@ -29,7 +29,7 @@ from gateway import options as upload_options
 from gateway.auth_guard import current_user, login_required
 from gateway.clients import Clients, call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
-from gateway.multipart import MultipartFile
+from gateway.multipart import BodyEndedEarly, MultipartFile
 from gateway.views.shared import base_url, grpc_timeout
 
 log = logging.getLogger("gateway.upload")
@@ -121,7 +121,7 @@ def _options(
         return upload_options.parse(reader.finish())
     except BaseException as error:
         _rollback(clients, user, video.id, None)
-        if isinstance(error, ApiError | HTTPException):
+        if isinstance(error, ApiError | HTTPException | OSError):
             raise _client_side(error, limit) from None
         raise
 
@@ -130,6 +130,11 @@ def _client_side(error: BaseException, limit: int) -> BaseException:
     """What to answer when reading the client's body stopped the upload."""
     if isinstance(error, RequestEntityTooLarge):
         return _too_large(limit)
+    if isinstance(error, BodyEndedEarly | ClientDisconnected | OSError):
+        # The client went away mid-body (werkzeug: fewer bytes than Content-Length; gunicorn:
+        # a chunked body cut short). Its business, not a fault here: one warning line.
+        log.warning("upload aborted by the client", extra={"error": type(error).__name__})
+        return error if isinstance(error, ApiError) else BodyEndedEarly()
     if isinstance(error, ApiError | HTTPException):
         return error
     log.warning("upload body could not be read", extra={"error": repr(error)})
