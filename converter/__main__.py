@@ -38,6 +38,7 @@ def main() -> int:
     publisher = Publisher(settings.rabbitmq_url, settings.topology())
     abort = threading.Event()
     converter = Converter(settings, channel, publisher, abort=abort)
+    converter.spool.sweep()  # what converters killed earlier left behind
     consumers = [
         Consumer(settings.consumer_settings(), converter, name=f"converter-{i}")
         for i in range(settings.workers)
@@ -87,6 +88,7 @@ def main() -> int:
             thread.join(timeout=0.5)
     if health is not None:
         health.shutdown()
+    converter.close()
     publisher.close()
     channel.close()
     log.info("converter stopped")

@@ -25,9 +25,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +42,7 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 from common import memory
 from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
 from converter.settings import Settings
+from converter.spool import Spool
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
 
 log = logging.getLogger("converter")
@@ -110,8 +109,12 @@ class Converter:
         channel: grpc.Channel,
         publisher: Publisher,
         abort: threading.Event | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
+        # Where videos wait on disk while they are converted; a dead converter's leftovers
+        # are removed at start and after every job (see converter/spool.py).
+        self.spool = spool or Spool(settings.tmp_dir)
         self.storage = storage_pb2_grpc.StorageServiceStub(channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(channel)
         self.publisher = publisher
@@ -280,16 +283,24 @@ class Converter:
         if current.state == CONVERTING:
             if delivery.redelivered or delivery.attempt > 1:
                 log.info("taking over a job left converting", extra=extra)
-                return None
+                return self._take_over(request)
             age = time.time() - current.updated_at.ToSeconds() if current.HasField("updated_at") else 0.0
             if age > self.settings.takeover_after_seconds:
                 # Converting for longer than any conversion takes: its worker is gone.
                 log.warning("taking over a stale converting job", extra={**extra, "age_s": round(age)})
-                return None
+                return self._take_over(request)
             log.info("job is being converted by another worker; duplicate message dropped", extra=extra)
             return Outcome.ACK
         # Still queued after a failed conditional change: a race with the gateway; try later.
         raise TransientError(f"job {request.job_id} is in state {current.state}; will retry")
+
+    def _take_over(self, request: events_pb2.ConversionRequested) -> Outcome | None:
+        """Own a job another worker left converting: converting → converting counts the attempt
+        and refreshes the job's ``updated_at``. If the job changed meanwhile (it finished, or
+        another worker took it over first), the message is looked at again later."""
+        if self._transition(request.job_id, CONVERTING, CONVERTING, increment_attempts=True) is None:
+            raise TransientError(f"job {request.job_id} changed while being taken over; will retry")
+        return None
 
     def _mp3_size(self, job: jobs_pb2.Job) -> int:
         try:
@@ -417,14 +428,15 @@ class Converter:
             return self._upload(request, transcoder)
         finally:
             spool.unlink(missing_ok=True)
+            self.spool.sweep()
             memory.release_free_memory()
 
     def _spool_path(self, request: events_pb2.ConversionRequested) -> Path:
-        directory = Path(self.settings.tmp_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="video2mp3-", suffix=".video", dir=directory)  # mode 0600
-        os.close(fd)
-        return Path(name)
+        return self.spool.new_file(".video")  # mode 0600, in this process's own folder
+
+    def close(self) -> None:
+        """Remove this process's spool folder (on a graceful stop)."""
+        self.spool.close()
 
     def _check_space(self, size: int, directory: Path) -> None:
         limit = self.settings.spool_max_bytes

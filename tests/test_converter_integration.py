@@ -15,6 +15,7 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 
 from common.amqp import dead_queue
 from common.grpc_client import insecure_channel
+from converter.spool import ROOT_NAME
 from storage.client import upload_requests
 from tests.fixtures.converter import ConverterRunner, MediaCache
 from tests.fixtures.infra import Infra, rabbitmqctl
@@ -234,7 +235,11 @@ def test_worker_killed_mid_conversion_the_job_finishes_once(
     assert kind == "succeeded" and event.job_id == job.id
     assert storage.mp3_count(job.id) == 1
     assert storage.orphan_mp3_chunks() == 0
-    assert storage.job(job.id).attempts == 1  # claimed once, taken over once
+    assert storage.job(job.id).attempts == 2  # claimed once, taken over once
+    # The killed worker's spooled video went with it: only the live worker's folder is left.
+    spool = runner.spool_dir / ROOT_NAME
+    assert len(list(spool.glob("*.lock"))) == 1
+    assert [p for p in spool.rglob("*") if p.is_file() and p.suffix != ".lock"] == []
     assert runner.depth("video") == 0 and runner.depth(dead_queue("video")) == 0
 
 

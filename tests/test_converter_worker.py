@@ -70,19 +70,20 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 @pytest.fixture
 def env(fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
-    spool = tmp_path / "spool"
     settings = Settings(
         storage_address=fake_storage.address,
         rabbitmq_url="amqp://unused",
-        tmp_dir=str(spool),
+        tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
     channel = grpc.insecure_channel(fake_storage.address)
     publisher = RecordingPublisher()
+    converter = Converter(settings, channel, publisher)
     try:
-        yield Env(fake_storage, Converter(settings, channel, publisher), publisher, spool, tmp_path)
+        yield Env(fake_storage, converter, publisher, converter.spool.folder, tmp_path)
     finally:
+        converter.close()
         channel.close()
 
 
@@ -148,8 +149,10 @@ def test_job_left_converting_is_taken_over(
 ) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
     env.job(job.id).state = jobs_pb2.JOB_STATE_CONVERTING
+    env.job(job.id).attempts = 1  # the worker that died had claimed it
     assert env.converter(delivery(job, redelivered=redelivered, attempt=attempt)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert env.job(job.id).attempts == 2  # the takeover counts
     assert len(env.storage.storage.mp3s(job.id)) == 1
 
 
@@ -158,8 +161,10 @@ def test_stale_converting_job_is_taken_over_by_a_fresh_message(env: Env, media_c
     stored = env.job(job.id)
     stored.state = jobs_pb2.JOB_STATE_CONVERTING
     stored.updated_at.FromSeconds(int(time.time()) - 7200)
+    stored.attempts = 1
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert env.job(job.id).attempts == 2
 
 
 def test_malformed_job_id_is_parked(env: Env, media_cache: MediaCache) -> None:

@@ -562,7 +562,11 @@ def test_shared_values_agree(base: Rendered) -> None:
     size = volume["emptyDir"]["sizeLimit"]
     assert size.endswith("Gi")
     need = int(converter["CONVERTER_SPOOL_MAX_BYTES"]) + int(converter["CONVERTER_SPOOL_RESERVE_BYTES"])
-    assert int(size[:-2]) * 1024**3 > need
+    limit = int(size[:-2]) * 1024**3
+    # Matching the spool's bound: room for it, not much more (a runaway spool is evicted).
+    assert need < limit <= need + 1024**3
+    ephemeral = base.container("converter")["resources"]["limits"]["ephemeral-storage"]
+    assert ephemeral.endswith("Gi") and limit <= int(ephemeral[:-2]) * 1024**3
 
 
 def test_generated_secrets_hold_no_placeholder_and_examples_no_credential(base: Rendered) -> None:

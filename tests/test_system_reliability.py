@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from converter.spool import ROOT_NAME
 from tests.fixtures.infra import Infra, SmtpSink
 from tests.fixtures.system import RELIABILITY as LEDGER
 from tests.fixtures.system import PrivateRabbit, System
@@ -63,6 +64,8 @@ def system(infra: Infra, rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPat
             "NOTIFIER_MAX_ATTEMPTS": "12",
             "SWEEP_INTERVAL_SECONDS": "2",
             "REQUEUE_AFTER_SECONDS": "10",
+            # The converters' spool, so the test can see what a killed one leaves behind.
+            "TMP_DIR": str(work / "tmp"),
         },
     )
     try:
@@ -191,8 +194,11 @@ def assert_quiet(rabbit: PrivateRabbit, expect_dead: int = 0) -> None:
 def test_kill_a_converter_mid_load(
     system: System, users: dict[str, str], media: list[Path], rabbit: PrivateRabbit, tmp_path: Path
 ) -> None:
+    victims: list[int] = []
+
     def fault() -> None:
         victim = system.processes["converter-1"]
+        victims.append(victim.proc.pid)  # type: ignore[union-attr]
         wait_for(lambda: system.infra is not None, timeout=1)
         victim.signal(signal.SIGKILL)
         victim.proc.wait(10)  # type: ignore[union-attr]
@@ -201,6 +207,14 @@ def test_kill_a_converter_mid_load(
     poison = random_file(tmp_path / "not-a-video.mp4")
     run_round(system, users, media, "kill-converter", fault, poison=poison)
     assert_quiet(rabbit)
+    # The killed converter's spool (a half-spooled video, if it died mid-download) is gone:
+    # what is left is the two live converters' folders, empty between jobs.
+    spool = Path(system.env()["TMP_DIR"]) / ROOT_NAME
+    entries = sorted(p.name for p in spool.iterdir())
+    assert victims and not [name for name in entries if name.startswith(f"{victims[0]}-")], entries
+    assert len([name for name in entries if name.endswith(".lock")]) == 2, entries
+    assert len(entries) == 4, entries
+    assert [p for p in spool.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
 
 
 def test_restart_rabbitmq_mid_load(
