@@ -24,8 +24,8 @@ protos: bootstrap ## generate Python and type stubs from protos/ into gen/
 lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	@cd $(ROOT) && $(BUF) lint
 	@tmp=$$(mktemp -d) && bash dev/gen_protos.sh $$tmp && \
-	  if ! diff -r -q gen/video2mp3 $$tmp/video2mp3 >/dev/null; then \
-	    diff -r -q gen/video2mp3 $$tmp/video2mp3; rm -rf $$tmp; \
+	  if ! diff -r -q -x __pycache__ gen/video2mp3 $$tmp/video2mp3 >/dev/null; then \
+	    diff -r -q -x __pycache__ gen/video2mp3 $$tmp/video2mp3; rm -rf $$tmp; \
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .

@@ -1,4 +1,4 @@
-"""``python -m auth``: run the auth gRPC server until SIGTERM."""
+"""``python -m auth``: run the auth gRPC server until SIGTERM (common/service.py)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,21 @@ import logging
 from auth.db import CONNECTION_ERRORS
 from auth.server import create_server
 from auth.settings import Settings
-from common.config import SettingsError, exit_on_settings_error
-from common.grpc_server import serve_forever
-from common.logs import setup_logging
+from common.service import Service, run_service
 
 log = logging.getLogger("auth")
 
 
-def main() -> None:
-    setup_logging("auth")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        exit_on_settings_error("auth", error)
-        return
+def main(service: Service) -> int:
+    settings = service.settings(Settings.from_env)
     try:
         srv = create_server(settings, port=settings.port)
     except CONNECTION_ERRORS as error:
         log.error("cannot reach MySQL at start-up; exiting", extra={"error": repr(error)})
-        raise SystemExit(1) from None
-    serve_forever(srv, grace=settings.stop_grace_seconds)
+        return 1
+    service.serve_grpc(srv, grace=settings.stop_grace_seconds)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_service("auth", main)

@@ -1,100 +1,48 @@
-"""Auth service settings, read only from environment variables."""
+"""Auth service settings, declared once each (common/config.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import SettingsError, env_float, env_int, env_str
+from common.config import PORT, EnvSettings, SettingsError, at_least, min_bytes, setting
 
 # HS256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 
 
-@dataclass(frozen=True)
-class Settings:
-    bind_host: str
-    port: int
-    grpc_max_workers: int
-    mysql_host: str
-    mysql_port: int
-    mysql_user: str
-    mysql_password: str = ""
-    mysql_db: str = "video2mp3"
-    mysql_connect_timeout: float = 5.0
+@dataclass(frozen=True, kw_only=True)
+class Settings(EnvSettings):
+    bind_host: str = setting("BIND_HOST", "127.0.0.1")
+    port: int = setting("AUTH_PORT", 5000, check=PORT)
+    grpc_max_workers: int = setting("AUTH_GRPC_MAX_WORKERS", 16, check=at_least(1))
+    mysql_host: str = setting("MYSQL_HOST", "127.0.0.1")
+    mysql_port: int = setting("MYSQL_PORT", 3306, check=PORT)
+    mysql_user: str = setting("MYSQL_USER", "video2mp3")
+    mysql_password: str = setting("MYSQL_PASSWORD", "", secret=True)
+    mysql_db: str = setting("MYSQL_DB", "video2mp3")
+    mysql_connect_timeout: float = setting("MYSQL_CONNECT_TIMEOUT_SECONDS", 5.0)
     # How long start-up waits for MySQL (it may start at the same time as we do).
-    mysql_startup_timeout: float = 60.0
-    jwt_secret: str = ""
-    jwt_issuer: str = "video2mp3-auth"
-    jwt_audience: str = "video2mp3"
-    download_audience: str = "video2mp3-download"
-    jwt_leeway_seconds: int = 10
-    access_token_ttl: int = 3600
-    download_token_ttl: int = 86400
-    download_token_max_ttl: int = 7 * 86400
+    mysql_startup_timeout: float = setting("MYSQL_STARTUP_TIMEOUT_SECONDS", 60.0)
+    jwt_secret: str = setting("JWT_SECRET", check=min_bytes(MIN_SECRET_BYTES), secret=True)
+    jwt_issuer: str = setting("JWT_ISSUER", "video2mp3-auth")
+    jwt_audience: str = setting("JWT_AUDIENCE", "video2mp3")
+    download_audience: str = setting("JWT_DOWNLOAD_AUDIENCE", "video2mp3-download")
+    jwt_leeway_seconds: int = setting("JWT_LEEWAY_SECONDS", 10)
+    access_token_ttl: int = setting("ACCESS_TOKEN_TTL_SECONDS", 3600, check=at_least(1))
+    download_token_ttl: int = setting("DOWNLOAD_TOKEN_TTL_SECONDS", 86400, check=at_least(1))
+    download_token_max_ttl: int = setting("DOWNLOAD_TOKEN_MAX_TTL_SECONDS", 7 * 86400)
     # argon2id parameters (argon2-cffi's defaults, RFC 9106 "low memory" profile).
-    argon2_time_cost: int = 3
-    argon2_memory_kib: int = 65536
-    argon2_parallelism: int = 4
+    argon2_time_cost: int = setting("ARGON2_TIME_COST", 3, check=at_least(1))
+    argon2_memory_kib: int = setting("ARGON2_MEMORY_KIB", 65536)
+    argon2_parallelism: int = setting("ARGON2_PARALLELISM", 4, check=at_least(1))
     # Login throttling: failures within the window, per email and per client address.
-    login_window_seconds: int = 900
-    login_max_failures_per_email: int = 5
-    login_max_failures_per_address: int = 20
-    stop_grace_seconds: float = 10.0
+    login_window_seconds: int = setting("LOGIN_FAILURE_WINDOW_SECONDS", 900, check=at_least(1))
+    login_max_failures_per_email: int = setting("LOGIN_MAX_FAILURES_PER_EMAIL", 5, check=at_least(1))
+    login_max_failures_per_address: int = setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, check=at_least(1))
+    stop_grace_seconds: float = setting("AUTH_STOP_GRACE_SECONDS", 10.0)
 
-    def __repr__(self) -> str:  # never print secrets into logs
-        return (
-            f"Settings(bind_host={self.bind_host!r}, port={self.port}, "
-            f"mysql={self.mysql_host}:{self.mysql_port}/{self.mysql_db})"
-        )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        secret = env_str("JWT_SECRET", None, env)
-        if len(secret.encode()) < MIN_SECRET_BYTES:
-            raise SettingsError(f"environment variable JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
-        settings = cls(
-            bind_host=env_str("BIND_HOST", "127.0.0.1", env),
-            port=env_int("AUTH_PORT", 5000, env),
-            grpc_max_workers=env_int("AUTH_GRPC_MAX_WORKERS", 16, env),
-            mysql_host=env_str("MYSQL_HOST", "127.0.0.1", env),
-            mysql_port=env_int("MYSQL_PORT", 3306, env),
-            mysql_user=env_str("MYSQL_USER", "video2mp3", env),
-            mysql_password=env_str("MYSQL_PASSWORD", "", env),
-            mysql_db=env_str("MYSQL_DB", "video2mp3", env),
-            mysql_connect_timeout=env_float("MYSQL_CONNECT_TIMEOUT_SECONDS", 5.0, env),
-            mysql_startup_timeout=env_float("MYSQL_STARTUP_TIMEOUT_SECONDS", 60.0, env),
-            jwt_secret=secret,
-            jwt_issuer=env_str("JWT_ISSUER", "video2mp3-auth", env),
-            jwt_audience=env_str("JWT_AUDIENCE", "video2mp3", env),
-            download_audience=env_str("JWT_DOWNLOAD_AUDIENCE", "video2mp3-download", env),
-            jwt_leeway_seconds=env_int("JWT_LEEWAY_SECONDS", 10, env),
-            access_token_ttl=env_int("ACCESS_TOKEN_TTL_SECONDS", 3600, env),
-            download_token_ttl=env_int("DOWNLOAD_TOKEN_TTL_SECONDS", 86400, env),
-            download_token_max_ttl=env_int("DOWNLOAD_TOKEN_MAX_TTL_SECONDS", 7 * 86400, env),
-            argon2_time_cost=env_int("ARGON2_TIME_COST", 3, env),
-            argon2_memory_kib=env_int("ARGON2_MEMORY_KIB", 65536, env),
-            argon2_parallelism=env_int("ARGON2_PARALLELISM", 4, env),
-            login_window_seconds=env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, env),
-            login_max_failures_per_email=env_int("LOGIN_MAX_FAILURES_PER_EMAIL", 5, env),
-            login_max_failures_per_address=env_int("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, env),
-            stop_grace_seconds=env_float("AUTH_STOP_GRACE_SECONDS", 10.0, env),
-        )
-        for name, value in (
-            ("AUTH_PORT", settings.port),
-            ("ACCESS_TOKEN_TTL_SECONDS", settings.access_token_ttl),
-            ("DOWNLOAD_TOKEN_TTL_SECONDS", settings.download_token_ttl),
-            ("LOGIN_FAILURE_WINDOW_SECONDS", settings.login_window_seconds),
-            ("LOGIN_MAX_FAILURES_PER_EMAIL", settings.login_max_failures_per_email),
-            ("LOGIN_MAX_FAILURES_PER_ADDRESS", settings.login_max_failures_per_address),
-            ("ARGON2_TIME_COST", settings.argon2_time_cost),
-            ("ARGON2_PARALLELISM", settings.argon2_parallelism),
-            ("AUTH_GRPC_MAX_WORKERS", settings.grpc_max_workers),
-        ):
-            if value < (0 if name == "AUTH_PORT" else 1):
-                raise SettingsError(f"environment variable {name} must be positive, got {value}")
-        if settings.argon2_memory_kib < 8 * settings.argon2_parallelism:
+    def check(self) -> None:
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
             raise SettingsError("ARGON2_MEMORY_KIB must be at least 8 times ARGON2_PARALLELISM")
-        if settings.download_token_max_ttl < settings.download_token_ttl:
+        if self.download_token_max_ttl < self.download_token_ttl:
             raise SettingsError("DOWNLOAD_TOKEN_MAX_TTL_SECONDS must not be below DOWNLOAD_TOKEN_TTL_SECONDS")
-        return settings

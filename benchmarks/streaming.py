@@ -106,8 +106,8 @@ def seed_download(system: System, owner_id: str, path: Path) -> str:
     API downloads MP3s only, and no real MP3 comes near 1 GiB."""
     from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
+    from common.file_streams import UploadStream
     from common.grpc_client import insecure_channel
-    from storage.client import upload_requests
 
     header = storage_pb2.UploadHeader(
         bucket=storage_pb2.BUCKET_MP3S,
@@ -123,7 +123,7 @@ def seed_download(system: System, owner_id: str, path: Path) -> str:
 
     with insecure_channel(f"127.0.0.1:{system.ports['storage']}") as channel:
         stub = storage_pb2_grpc.StorageServiceStub(channel)
-        response = stub.Upload(upload_requests(header, chunks()), timeout=3600)
+        response = stub.Upload(UploadStream(header, chunks()), timeout=3600)
     return str(response.file.id)
 
 

@@ -162,7 +162,7 @@ class System:
             "notifier",
             python_module("notifier"),
             lambda: http_ok(f"http://127.0.0.1:{notifier_port}/healthz"),
-            HEALTH_PORT=str(notifier_port),
+            NOTIFIER_HEALTH_PORT=str(notifier_port),
         )
 
     def start_converters(self, count: int) -> list[ServiceProcess]:
@@ -175,9 +175,9 @@ class System:
                     name,
                     python_module("converter"),
                     lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"),
-                    HEALTH_PORT=str(port),
-                    WORKERS="1",
-                    PREFETCH="1",
+                    CONVERTER_HEALTH_PORT=str(port),
+                    CONVERTER_WORKERS="1",
+                    CONVERTER_PREFETCH="1",
                 )
             )
             del index

@@ -4,7 +4,8 @@ Topology (declared by everyone who relies on it; declarations are idempotent):
 
 * ``video2mp3`` durable topic exchange.
 * work queues ``video`` (``conversion.requested``) and ``mp3`` (``conversion.*ed``
-  outcomes), durable, dead-lettering into ``<queue>.dead``;
+  outcomes), durable, dead-lettering into ``<queue>.dead`` (the routing keys and the events
+  themselves are in ``common/events.py``);
 * ``<queue>.retry``: a delay queue without consumers. A message waits there for its
   per-message ``expiration`` and is then dead-lettered back to ``<queue>``;
 * ``<queue>.dead``: parked messages for a person to inspect.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -32,12 +32,11 @@ import pika.exceptions
 from google.protobuf.message import Message
 from pika.adapters.blocking_connection import BlockingChannel
 
+from common.events import RK_FAILED, RK_REQUESTED, RK_SUCCEEDED
+
 log = logging.getLogger("amqp")
 
 EXCHANGE = "video2mp3"
-RK_REQUESTED = "conversion.requested"
-RK_SUCCEEDED = "conversion.succeeded"
-RK_FAILED = "conversion.failed"
 CONTENT_TYPE = "application/x-protobuf"
 ATTEMPT_HEADER = "x-attempt"
 
@@ -152,17 +151,6 @@ class Publisher:
                     if attempt == 2:
                         raise PublishError(f"message broker unavailable: {error!r}") from error
 
-    def ping(self) -> bool:
-        with self._lock:
-            try:
-                channel = self._connect()
-                assert self._connection is not None
-                self._connection.process_data_events(0)
-                return channel.is_open
-            except (pika.exceptions.AMQPError, OSError):
-                self.close()
-                return False
-
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
@@ -274,14 +262,6 @@ class Consumer:
                 connection.add_callback_threadsafe(self._cancel)
             except (pika.exceptions.AMQPError, OSError, AttributeError):
                 pass
-
-    def install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
-            self.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
 
     # -- internals
     def _cancel(self) -> None:

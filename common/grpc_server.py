@@ -1,15 +1,14 @@
 """gRPC server bootstrap shared by auth and storage.
 
 ``create_server`` builds a server with the standard health service (per-service status),
-server reflection and the request interceptor; ``serve_forever`` runs it until SIGTERM or
-SIGINT, then marks health NOT_SERVING, stops with a grace period and runs clean-up.
+server reflection and the request interceptor; ``GrpcServer.stop`` marks health
+NOT_SERVING, stops with a grace period and runs clean-up. A process runs it with
+``Service.serve_grpc`` (common/service.py), which waits for SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -21,9 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-log = logging.getLogger("grpc")
+from common.grpc_client import REQUEST_ID_HEADER
 
-REQUEST_ID_HEADER = "x-request-id"
+log = logging.getLogger("grpc")
 
 
 def _request_id(context: grpc.ServicerContext) -> str:
@@ -180,21 +179,3 @@ def create_server(
     result = GrpcServer(server=server, health=health_servicer, port=bound, service_names=names)
     result.set_serving(False)
     return result
-
-
-def serve_forever(srv: GrpcServer, grace: float = 10.0) -> None:
-    """Start, mark SERVING, and block until SIGTERM/SIGINT; then stop gracefully."""
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    srv.server.start()
-    srv.set_serving(True)
-    log.info("serving", extra={"port": srv.port, "services": ",".join(srv.service_names)})
-    stopping.wait()
-    srv.stop(grace)
-    log.info("stopped")

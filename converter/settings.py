@@ -1,95 +1,59 @@
-"""Converter settings, only from environment variables (see common/config.py)."""
+"""Converter settings, declared once each (common/config.py)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.amqp import ConsumerSettings, Topology
-from common.config import SettingsError, env_bool, env_float, env_int, env_str, rabbitmq_url
+from common.config import (
+    NOT_NEGATIVE,
+    PORT,
+    POSITIVE,
+    EnvSettings,
+    SettingsError,
+    at_least,
+    rabbitmq_setting,
+    setting,
+)
 from converter.transcode import EncodeOptions
 
 
-@dataclass(frozen=True)
-class Settings:
-    storage_address: str
-    rabbitmq_url: str
-    video_queue: str = "video"
-    mp3_queue: str = "mp3"
+@dataclass(frozen=True, kw_only=True)
+class Settings(EnvSettings):
+    storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    rabbitmq_url: str = rabbitmq_setting()
+    video_queue: str = setting("VIDEO_QUEUE", "video")
+    mp3_queue: str = setting("MP3_QUEUE", "mp3")
     # Each worker is one AMQP connection + consumer; each runs up to `prefetch` jobs at once.
-    workers: int = 1
-    prefetch: int = 1
-    heartbeat_seconds: int = 30
-    max_attempts: int = 5
-    retry_base_seconds: float = 5.0
-    retry_max_seconds: float = 300.0
+    workers: int = setting("CONVERTER_WORKERS", 1, check=at_least(1))
+    prefetch: int = setting("CONVERTER_PREFETCH", 1, check=at_least(1))
+    heartbeat_seconds: int = setting("RABBITMQ_HEARTBEAT_SECONDS", 30, check=NOT_NEGATIVE)
+    max_attempts: int = setting("CONVERTER_MAX_ATTEMPTS", 5, check=at_least(1))
+    retry_base_seconds: float = setting("CONVERTER_RETRY_BASE_SECONDS", 5.0)
+    retry_max_seconds: float = setting("CONVERTER_RETRY_MAX_SECONDS", 300.0)
     # SIGTERM: how long the current job may take to finish before it is cut off and
     # left to be redelivered.
-    stop_grace_seconds: float = 300.0
-    mp3_bitrate_kbps: int = 192
-    mp3_vbr: bool = False
-    mp3_vbr_quality: int = 2
-    mp3_encoder: str = "lameenc"
-    mp3_encoder_threads: int = 0  # 0: one per available core (at most 4)
-    max_duration_seconds: float = 4 * 3600.0
-    tmp_dir: str = ""
+    stop_grace_seconds: float = setting("CONVERTER_STOP_GRACE_SECONDS", 300.0)
+    mp3_bitrate_kbps: int = setting("MP3_BITRATE_KBPS", 192)
+    mp3_vbr: bool = setting("MP3_VBR", False)
+    mp3_vbr_quality: int = setting("MP3_VBR_QUALITY", 2)
+    mp3_encoder: str = setting("MP3_ENCODER", "lameenc")
+    mp3_encoder_threads: int = setting("MP3_ENCODER_THREADS", 0)  # 0: one per available core (at most 4)
+    max_duration_seconds: float = setting("MAX_DURATION_SECONDS", 4 * 3600.0, check=POSITIVE)
+    tmp_dir: str = setting("TMP_DIR", tempfile.gettempdir())
     # Largest video spooled to disk, and free space always left in tmp_dir.
-    spool_max_bytes: int = 2 * 1024**3
-    spool_reserve_bytes: int = 256 * 1024**2
-    rpc_timeout_seconds: float = 10.0
-    stream_timeout_seconds: float = 1800.0
-    health_port: int = 0
+    spool_max_bytes: int = setting("CONVERTER_SPOOL_MAX_BYTES", 2 * 1024**3)
+    spool_reserve_bytes: int = setting("CONVERTER_SPOOL_RESERVE_BYTES", 256 * 1024**2)
+    rpc_timeout_seconds: float = setting("GRPC_TIMEOUT_SECONDS", 10.0, check=POSITIVE)
+    stream_timeout_seconds: float = setting("GRPC_STREAM_TIMEOUT_SECONDS", 1800.0, check=POSITIVE)
+    # /healthz and /readyz for probes (0: none).
+    health_port: int = setting("CONVERTER_HEALTH_PORT", 0, check=PORT)
     # A job "converting" for longer than this is taken over by a fresh message for it (its
     # worker is gone and its message was lost); a job younger than this is left alone.
-    takeover_after_seconds: float = 3600.0
-    # Test-only: seconds of sleep per second of audio, to make a conversion slow.
-    slowdown: float = 0.0
+    takeover_after_seconds: float = setting("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        settings = cls(
-            storage_address=env_str("STORAGE_SVC_ADDRESS", None, env),
-            rabbitmq_url=rabbitmq_url(env),
-            video_queue=env_str("VIDEO_QUEUE", "video", env),
-            mp3_queue=env_str("MP3_QUEUE", "mp3", env),
-            workers=env_int("WORKERS", 1, env),
-            prefetch=env_int("PREFETCH", 1, env),
-            heartbeat_seconds=env_int("RABBITMQ_HEARTBEAT_SECONDS", 30, env),
-            max_attempts=env_int("CONVERTER_MAX_ATTEMPTS", 5, env),
-            retry_base_seconds=env_float("CONVERTER_RETRY_BASE_SECONDS", 5.0, env),
-            retry_max_seconds=env_float("CONVERTER_RETRY_MAX_SECONDS", 300.0, env),
-            stop_grace_seconds=env_float("CONVERTER_STOP_GRACE_SECONDS", 300.0, env),
-            mp3_bitrate_kbps=env_int("MP3_BITRATE_KBPS", 192, env),
-            mp3_vbr=env_bool("MP3_VBR", False, env),
-            mp3_vbr_quality=env_int("MP3_VBR_QUALITY", 2, env),
-            mp3_encoder=env_str("MP3_ENCODER", "lameenc", env),
-            mp3_encoder_threads=env_int("MP3_ENCODER_THREADS", 0, env),
-            max_duration_seconds=env_float("MAX_DURATION_SECONDS", 4 * 3600.0, env),
-            tmp_dir=env_str("TMP_DIR", tempfile.gettempdir(), env),
-            spool_max_bytes=env_int("CONVERTER_SPOOL_MAX_BYTES", 2 * 1024**3, env),
-            spool_reserve_bytes=env_int("CONVERTER_SPOOL_RESERVE_BYTES", 256 * 1024**2, env),
-            rpc_timeout_seconds=env_float("GRPC_TIMEOUT_SECONDS", 10.0, env),
-            stream_timeout_seconds=env_float("GRPC_STREAM_TIMEOUT_SECONDS", 1800.0, env),
-            health_port=env_int("HEALTH_PORT", 0, env),
-            takeover_after_seconds=env_float("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0, env),
-            slowdown=env_float("CONVERTER_TEST_SLOWDOWN", 0.0, env),
-        )
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        checks = [
-            (self.workers >= 1, "WORKERS must be at least 1"),
-            (self.prefetch >= 1, "PREFETCH must be at least 1"),
-            (self.heartbeat_seconds >= 0, "RABBITMQ_HEARTBEAT_SECONDS must not be negative"),
-            (self.max_attempts >= 1, "CONVERTER_MAX_ATTEMPTS must be at least 1"),
-            (self.max_duration_seconds > 0, "MAX_DURATION_SECONDS must be positive"),
-            (0 <= self.health_port < 65536, "HEALTH_PORT must be a port number (0 disables it)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SettingsError(message)
+    def check(self) -> None:
         try:
             self.encode_options()
         except ValueError as error:
@@ -103,7 +67,6 @@ class Settings:
             max_duration_seconds=self.max_duration_seconds,
             encoder=self.mp3_encoder,
             threads=self.mp3_encoder_threads,
-            slowdown=self.slowdown,
         )
 
     def topology(self) -> Topology:

@@ -114,7 +114,8 @@ class EncodeOptions:
     max_duration_seconds: float = 4 * 3600.0
     encoder: str = "lameenc"  # or "libmp3lame" (PyAV)
     threads: int = 0  # LAME encoders running at once (lameenc only); 0: one per core, at most 4
-    # Test-only: sleep this many seconds per second of audio, to make a long conversion.
+    # Test-only, never a setting: sleep this many seconds per second of audio, to make a long
+    # conversion (tests/slow_converter.py).
     slowdown: float = 0.0
 
     def __post_init__(self) -> None:

@@ -22,7 +22,6 @@ job is marked failed before the message is parked in the dead-letter queue.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
 import shutil
@@ -35,12 +34,14 @@ from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common import memory
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from common.amqp import Delivery, Outcome, PublishError, TransientError
+from common.events import RK_FAILED, RK_SUCCEEDED, conversion_failed, conversion_succeeded
+from common.file_streams import UploadStream, split_download
+from common.grpc_client import describe, details, is_transient, status_code
 from converter.settings import Settings
 from converter.spool import Spool
 from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
@@ -53,17 +54,6 @@ CONVERTING = jobs_pb2.JOB_STATE_CONVERTING
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
 FAILED = jobs_pb2.JOB_STATE_FAILED
 
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 GAVE_UP_REASON = (
     "the conversion could not be finished because a service it needs was unavailable for too long; "
     "please upload the video again later"
@@ -82,22 +72,6 @@ class Result:
     mp3_id: str
     mp3_size: int
     duration_seconds: float
-
-
-def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
-    code = getattr(error, "code", None)
-    return code() if callable(code) else None
-
-
-def _details(error: grpc.RpcError) -> str:
-    details = getattr(error, "details", None)
-    return str(details()) if callable(details) else repr(error)
-
-
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 class Converter:
@@ -197,10 +171,8 @@ class Converter:
         try:
             return call()
         except grpc.RpcError as error:
-            if _code(error) in TRANSIENT_CODES:
-                raise TransientError(
-                    f"storage unavailable during {what}: {_code(error)} {_details(error)}"
-                ) from error
+            if is_transient(error):
+                raise TransientError(f"storage unavailable during {what}: {describe(error)}") from error
             raise
 
     def _transition(
@@ -230,7 +202,7 @@ class Converter:
                 lambda: self.jobs.TransitionJob(request, timeout=self.settings.rpc_timeout_seconds),
             )
         except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.FAILED_PRECONDITION:
+            if status_code(error) == grpc.StatusCode.FAILED_PRECONDITION:
                 return None
             raise
         return response.job
@@ -244,7 +216,7 @@ class Converter:
                 ),
             )
         except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.NOT_FOUND:
+            if status_code(error) == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
         return response.job
@@ -256,11 +228,11 @@ class Converter:
         try:
             job = self._transition(request.job_id, QUEUED, CONVERTING, increment_attempts=True)
         except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.NOT_FOUND:
+            if status_code(error) == grpc.StatusCode.NOT_FOUND:
                 log.warning("job does not exist (upload rolled back?); dropped", extra=extra)
                 return Outcome.ACK
-            if _code(error) == grpc.StatusCode.INVALID_ARGUMENT:
-                log.error("storage rejects the job id; parked", extra={**extra, "error": _details(error)})
+            if status_code(error) == grpc.StatusCode.INVALID_ARGUMENT:
+                log.error("storage rejects the job id; parked", extra={**extra, "error": details(error)})
                 return Outcome.DEAD
             raise
         if job is not None:
@@ -391,30 +363,11 @@ class Converter:
             raise TransientError(str(error)) from error
 
     def _publish_succeeded(self, request: events_pb2.ConversionRequested, result: Result) -> None:
-        event = events_pb2.ConversionSucceeded(
-            job_id=request.job_id,
-            video_id=request.video_id,
-            mp3_id=result.mp3_id,
-            owner_id=request.owner_id,
-            owner_email=request.owner_email,
-            filename=request.filename,
-            duration_seconds=result.duration_seconds,
-            mp3_size=result.mp3_size,
-            finished_at=_now(),
-        )
+        event = conversion_succeeded(request, result.mp3_id, result.mp3_size, result.duration_seconds)
         self._publish(RK_SUCCEEDED, event, request.job_id)
 
     def _publish_failed(self, request: events_pb2.ConversionRequested, reason: str) -> None:
-        event = events_pb2.ConversionFailed(
-            job_id=request.job_id,
-            video_id=request.video_id,
-            owner_id=request.owner_id,
-            owner_email=request.owner_email,
-            filename=request.filename,
-            reason=reason,
-            finished_at=_now(),
-        )
-        self._publish(RK_FAILED, event, request.job_id)
+        self._publish(RK_FAILED, conversion_failed(request, reason), request.job_id)
 
     # ------------------------------------------------------------------------------ conversion
     def _convert(self, request: events_pb2.ConversionRequested) -> Result:
@@ -454,24 +407,23 @@ class Converter:
         written = 0
         limit = self.settings.spool_max_bytes
         try:
+            info, chunks = split_download(call)
+            self._check_space(int(info.size), spool.parent)
             with spool.open("wb") as out:
-                for response in call:
+                for chunk in chunks:
                     if self.abort.is_set():
                         call.cancel()
                         raise Cancelled("worker stopping")
-                    if response.HasField("file"):
-                        self._check_space(int(response.file.size), spool.parent)
-                    elif response.HasField("chunk"):
-                        written += len(response.chunk)
-                        if written > limit:
-                            call.cancel()
-                            raise MediaError.too_large(written, limit)
-                        out.write(response.chunk)
+                    written += len(chunk)
+                    if written > limit:
+                        call.cancel()
+                        raise MediaError.too_large(written, limit)
+                    out.write(chunk)
         except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.NOT_FOUND:
+            if status_code(error) == grpc.StatusCode.NOT_FOUND:
                 raise MediaError.gone() from error
-            if _code(error) in TRANSIENT_CODES:
-                raise TransientError(f"video download failed: {_code(error)} {_details(error)}") from error
+            if is_transient(error):
+                raise TransientError(f"video download failed: {describe(error)}") from error
             raise
 
     def _upload(self, request: events_pb2.ConversionRequested, transcoder: Transcoder) -> Result:
@@ -483,50 +435,37 @@ class Converter:
             owner_id=request.owner_id,
             job_id=request.job_id,
         )
-        failure: list[BaseException] = []
-
         chunks = transcoder.chunks()
         # Errors found early (most bad media) surface here, before any upload is opened.
         first = next(chunks, b"")
 
-        def requests() -> Iterator[storage_pb2.UploadRequest]:
-            yield storage_pb2.UploadRequest(header=header)
-            digest, size = hashlib.sha256(), 0
-            try:
-                for chunk in itertools.chain([first], chunks):
-                    if self.abort.is_set():
-                        raise Cancelled("worker stopping")
-                    digest.update(chunk)
-                    size += len(chunk)
-                    yield storage_pb2.UploadRequest(chunk=chunk)
-            except Exception as error:  # noqa: BLE001 - re-raised below once the call has ended
-                # End the stream without the finish message: storage stores nothing of an
-                # upload that ends so. (Cancelling the call is not enough: a gRPC Python
-                # server may see a client's cancellation as a clean end of stream,
-                # grpc/grpc#33038; that is why the contract has a finish message.)
-                failure.append(error)
-                return
-            finish = storage_pb2.UploadFinish(size=size, sha256=digest.hexdigest())
-            yield storage_pb2.UploadRequest(finish=finish)
+        def checked() -> Iterator[bytes]:
+            for chunk in itertools.chain([first], chunks):
+                if self.abort.is_set():
+                    raise Cancelled("worker stopping")
+                yield chunk
 
+        # A failure mid-way ends the stream without its finish message: storage keeps nothing,
+        # and the failure is raised here once the call has ended.
+        stream = UploadStream(header, checked())
         try:
-            response = self.storage.Upload(requests(), timeout=self.settings.stream_timeout_seconds)
+            response = self.storage.Upload(stream, timeout=self.settings.stream_timeout_seconds)
         except grpc.RpcError as error:
-            if failure:
-                raise failure[0] from None
-            if _code(error) in TRANSIENT_CODES:
-                raise TransientError(f"MP3 upload failed: {_code(error)} {_details(error)}") from error
-            if _code(error) in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}:
+            if stream.error is not None:
+                raise stream.error from None
+            if is_transient(error):
+                raise TransientError(f"MP3 upload failed: {describe(error)}") from error
+            if status_code(error) in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}:
                 # The job finished (or vanished) meanwhile: the retry settles it from its state.
-                raise TransientError(f"storage refused the MP3: {_details(error)}") from error
+                raise TransientError(f"storage refused the MP3: {details(error)}") from error
             raise
         finally:
             transcoder.close()
-        if failure:  # the call finished although the stream broke: never trust that file
+        if stream.error is not None:  # the call ended although the stream broke: never trust that file
             with contextlib.suppress(grpc.RpcError):
                 self.storage.Delete(
                     storage_pb2.DeleteRequest(bucket=storage_pb2.BUCKET_MP3S, file_id=response.file.id),
                     timeout=self.settings.rpc_timeout_seconds,
                 )
-            raise failure[0]
+            raise stream.error
         return Result(response.file.id, int(response.file.size), transcoder.duration_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -86,3 +87,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(download.bp)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop the sweeper and close what this process opened (gRPC channels, the AMQP
+    connection). gunicorn calls it as each worker exits (``worker_exit`` in
+    gateway/gunicorn_conf.py)."""
+    sweeper = app.extensions.get("video2mp3.sweeper")
+    if sweeper is not None:
+        sweeper.stop()
+    clients = app.extensions.get(EXTENSION)
+    if clients is not None:
+        clients.close()
+    log.info("worker closed its clients", extra={"pid": os.getpid()})

@@ -1,7 +1,8 @@
 """gunicorn configuration: ``gunicorn -c python:gateway.gunicorn_conf 'gateway.app:create_app()'``.
 
 Binds to ``BIND_HOST:GATEWAY_PORT``, gthread workers (uploads stream through threads),
-gunicorn's own logs as JSON lines like every other service.
+gunicorn's own logs as JSON lines like every other service; each worker closes its clients as it
+exits (``worker_exit``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ logconfig_dict: dict[str, Any] = {
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
 }
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    # In the worker, as it leaves: close what it opened (the app is worker.wsgi).
+    from flask import Flask
+
+    from gateway.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        close_app(app)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -1,77 +1,35 @@
-"""Gateway settings, read only from environment variables."""
+"""Gateway settings, declared once each (common/config.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import SettingsError, env_float, env_int, env_str, rabbitmq_url
+from common.config import NOT_NEGATIVE, PORT, POSITIVE, EnvSettings, at_least, rabbitmq_setting, setting
 
 
-@dataclass(frozen=True)
-class Settings:
-    bind_host: str = "127.0.0.1"
-    port: int = 8080
-    auth_address: str = "127.0.0.1:5000"
-    storage_address: str = "127.0.0.1:5001"
-    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/%2F"
-    max_upload_bytes: int = 512 * 1024 * 1024
-    public_base_url: str = "http://127.0.0.1:8080"
+@dataclass(frozen=True, kw_only=True)
+class Settings(EnvSettings):
+    bind_host: str = setting("BIND_HOST", "127.0.0.1")
+    port: int = setting("GATEWAY_PORT", 8080, check=PORT)
+    auth_address: str = setting("AUTH_SVC_ADDRESS", "127.0.0.1:5000")
+    storage_address: str = setting("STORAGE_SVC_ADDRESS", "127.0.0.1:5001")
+    rabbitmq_url: str = rabbitmq_setting()
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 512 * 1024 * 1024, check=POSITIVE)
+    public_base_url: str = setting(
+        "PUBLIC_BASE_URL", "http://127.0.0.1:8080", parse=lambda raw: raw.rstrip("/")
+    )
     # Deadline of the token check on every authenticated request, and of other quick calls.
-    auth_timeout_seconds: float = 3.0
-    grpc_timeout_seconds: float = 10.0
-    readiness_timeout_seconds: float = 2.0
+    auth_timeout_seconds: float = setting("AUTH_TIMEOUT_SECONDS", 3.0, check=POSITIVE)
+    grpc_timeout_seconds: float = setting("GRPC_TIMEOUT_SECONDS", 10.0, check=POSITIVE)
+    readiness_timeout_seconds: float = setting("READINESS_TIMEOUT_SECONDS", 2.0, check=POSITIVE)
     # How many reverse proxies in front of the gateway set X-Forwarded-For (0: none trusted).
-    trusted_proxy_count: int = 0
+    trusted_proxy_count: int = setting("TRUSTED_PROXY_COUNT", 0, check=NOT_NEGATIVE)
     # gunicorn (gateway/gunicorn_conf.py)
-    workers: int = 2
-    threads: int = 8
-    worker_timeout_seconds: int = 120
-    prometheus_multiproc_dir: str = ""
+    workers: int = setting("GUNICORN_WORKERS", 2, check=POSITIVE)
+    threads: int = setting("GUNICORN_THREADS", 8, check=POSITIVE)
+    worker_timeout_seconds: int = setting("GUNICORN_TIMEOUT_SECONDS", 120)
+    prometheus_multiproc_dir: str = setting("PROMETHEUS_MULTIPROC_DIR", "")
     # Jobs still queued after this long are published again (gateway/sweeper.py) …
-    requeue_after_seconds: int = 300
+    requeue_after_seconds: int = setting("REQUEUE_AFTER_SECONDS", 300, check=at_least(1))
     # … checked this often by every gateway process (0 turns the sweeper off).
-    sweep_interval_seconds: float = 60.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        settings = cls(
-            bind_host=env_str("BIND_HOST", "127.0.0.1", env),
-            port=env_int("GATEWAY_PORT", 8080, env),
-            auth_address=env_str("AUTH_SVC_ADDRESS", "127.0.0.1:5000", env),
-            storage_address=env_str("STORAGE_SVC_ADDRESS", "127.0.0.1:5001", env),
-            rabbitmq_url=rabbitmq_url(env),
-            max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024, env),
-            public_base_url=env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8080", env).rstrip("/"),
-            auth_timeout_seconds=env_float("AUTH_TIMEOUT_SECONDS", 3.0, env),
-            grpc_timeout_seconds=env_float("GRPC_TIMEOUT_SECONDS", 10.0, env),
-            readiness_timeout_seconds=env_float("READINESS_TIMEOUT_SECONDS", 2.0, env),
-            trusted_proxy_count=env_int("TRUSTED_PROXY_COUNT", 0, env),
-            workers=env_int("GUNICORN_WORKERS", 2, env),
-            threads=env_int("GUNICORN_THREADS", 8, env),
-            worker_timeout_seconds=env_int("GUNICORN_TIMEOUT_SECONDS", 120, env),
-            prometheus_multiproc_dir=env_str("PROMETHEUS_MULTIPROC_DIR", "", env),
-            requeue_after_seconds=env_int("REQUEUE_AFTER_SECONDS", 300, env),
-            sweep_interval_seconds=env_float("SWEEP_INTERVAL_SECONDS", 60.0, env),
-        )
-        if not 0 <= settings.port <= 65535:
-            raise SettingsError(
-                f"environment variable GATEWAY_PORT must be a port number, got {settings.port}"
-            )
-        for name, value in (
-            ("MAX_UPLOAD_BYTES", settings.max_upload_bytes),
-            ("AUTH_TIMEOUT_SECONDS", settings.auth_timeout_seconds),
-            ("GRPC_TIMEOUT_SECONDS", settings.grpc_timeout_seconds),
-            ("READINESS_TIMEOUT_SECONDS", settings.readiness_timeout_seconds),
-            ("GUNICORN_WORKERS", settings.workers),
-            ("GUNICORN_THREADS", settings.threads),
-        ):
-            if value <= 0:
-                raise SettingsError(f"environment variable {name} must be positive, got {value}")
-        if settings.requeue_after_seconds < 1:
-            raise SettingsError("environment variable REQUEUE_AFTER_SECONDS must be at least 1")
-        if settings.sweep_interval_seconds < 0:
-            raise SettingsError("environment variable SWEEP_INTERVAL_SECONDS must not be negative")
-        if settings.trusted_proxy_count < 0:
-            raise SettingsError("environment variable TRUSTED_PROXY_COUNT must not be negative")
-        return settings
+    sweep_interval_seconds: float = setting("SWEEP_INTERVAL_SECONDS", 60.0, check=NOT_NEGATIVE)

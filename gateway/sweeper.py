@@ -20,10 +20,10 @@ import threading
 import grpc
 from video2mp3.storage.v1 import jobs_pb2
 
-from common.amqp import RK_REQUESTED, PublishError
+from common.amqp import PublishError
+from common.events import RK_REQUESTED, conversion_requested
 from gateway.clients import Clients
 from gateway.settings import Settings
-from gateway.views.upload import conversion_requested
 
 log = logging.getLogger("gateway.sweeper")
 

@@ -1,4 +1,7 @@
-"""``python -m notifier``: consume the ``mp3`` queue and send emails until SIGTERM."""
+"""``python -m notifier``: consume the ``mp3`` queue and send emails until SIGTERM.
+
+The process's shape (settings, logging, signals, health, closing) is common/service.py's.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,8 @@ from video2mp3.auth.v1 import auth_pb2_grpc
 from video2mp3.storage.v1 import jobs_pb2_grpc
 
 from common.amqp import Consumer, ConsumerSettings, Topology
-from common.config import SettingsError, exit_on_settings_error
 from common.grpc_client import insecure_channel
-from common.logs import setup_logging
-from common.worker_health import start_health_server
+from common.service import Service, run_service
 from notifier.mailer import Mailer, SmtpConfig
 from notifier.messages import parse_sender
 from notifier.settings import Settings
@@ -20,11 +21,13 @@ from notifier.worker import Notifier, WorkerConfig
 log = logging.getLogger("notifier")
 
 
-def build_consumer(settings: Settings) -> tuple[Consumer, list[object]]:
-    """The consumer and the resources to close after it stops (gRPC channels)."""
+def build_consumer(settings: Settings, service: Service) -> Consumer:
+    """The consumer; the gRPC channels it uses are closed when the process ends."""
     sender = parse_sender(settings.mail_from)
     auth_channel = insecure_channel(settings.auth_address)
+    service.closing(auth_channel.close, "auth channel")
     storage_channel = insecure_channel(settings.storage_address)
+    service.closing(storage_channel.close, "storage channel")
     mailer = Mailer(
         SmtpConfig(
             host=settings.smtp_host,
@@ -46,7 +49,7 @@ def build_consumer(settings: Settings) -> tuple[Consumer, list[object]]:
             grpc_timeout_seconds=settings.grpc_timeout_seconds,
         ),
     )
-    consumer = Consumer(
+    return Consumer(
         ConsumerSettings(
             url=settings.rabbitmq_url,
             queue=settings.mp3_queue,
@@ -59,37 +62,20 @@ def build_consumer(settings: Settings) -> tuple[Consumer, list[object]]:
         notifier.handle,
         name="notifier",
     )
-    return consumer, [auth_channel, storage_channel]
 
 
-def main() -> None:
-    setup_logging("notifier")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        exit_on_settings_error("notifier", error)
-        return
-    consumer, resources = build_consumer(settings)
-    consumer.install_signal_handlers()
-    health = None
-    if settings.health_port:
-        health = start_health_server(settings.health_port, consumer.connected.is_set)
+def main(service: Service) -> int:
+    settings = service.settings(Settings.from_env)
+    consumer = build_consumer(settings, service)
+    service.on_stop(consumer.stop)
+    service.health(settings.health_port, consumer.connected.is_set)
     log.info(
         "notifier starting",
         extra={"queue": settings.mp3_queue, "smtp": f"{settings.smtp_host}:{settings.smtp_port}"},
     )
-    try:
-        consumer.run()
-    finally:
-        if health is not None:
-            health.shutdown()
-            health.server_close()
-        for resource in resources:
-            close = getattr(resource, "close", None)
-            if close is not None:
-                close()
-        log.info("notifier stopped")
+    service.run_threads([(consumer.name, consumer.run)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_service("notifier", main)

@@ -38,6 +38,7 @@ from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc
 
 from common.amqp import Delivery, Outcome, TransientError
+from common.grpc_client import describe, is_transient
 from notifier.mailer import PermanentMailError
 from notifier.messages import (
     FailureMail,
@@ -52,20 +53,6 @@ log = logging.getLogger("notifier")
 
 SUCCEEDED_TYPE = events_pb2.ConversionSucceeded.DESCRIPTOR.full_name
 FAILED_TYPE = events_pb2.ConversionFailed.DESCRIPTOR.full_name
-
-# gRPC codes that mean "try again later"; everything else is a permanent problem.
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
 
 
 class MailSender(Protocol):
@@ -225,11 +212,11 @@ class Notifier:
 
     # -- remote calls
     def _call_error(self, what: str, error: grpc.RpcError) -> Exception:
-        code = error.code() if hasattr(error, "code") else None
-        details = error.details() if hasattr(error, "details") else str(error)
-        if code in TRANSIENT_CODES or code is None:
-            return TransientError(f"{what}: {code} {details}")
-        return Park(f"{what}: {code} {details}")
+        """A transient failure is retried later (common.grpc_client.is_transient); any other
+        answer is permanent and the message is parked."""
+        if is_transient(error):
+            return TransientError(f"{what}: {describe(error)}")
+        return Park(f"{what}: {describe(error)}")
 
     def _get_job(self, job_id: str) -> jobs_pb2.Job:
         try:

@@ -18,7 +18,8 @@ from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.gridwriter import GridWriter
 from storage.jobs import TERMINAL
-from storage.mongo import Mongo, chunk_id, parse_id, timestamp, unavailable_on_mongo_error
+from storage.mongo import Mongo, chunk_id
+from storage.rpc import parse_id, timestamp, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.files")
 

@@ -29,7 +29,8 @@ import pymongo
 import pymongo.errors
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2
 
-from storage.mongo import Mongo, now, parse_id, timestamp, unavailable_on_mongo_error
+from storage.mongo import Mongo, now
+from storage.rpc import parse_id, timestamp, unavailable_on_mongo_error
 
 log = logging.getLogger("storage.jobs")
 

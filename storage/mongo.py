@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import grpc
 import pymongo
 import pymongo.errors
 from bson import ObjectId
-from bson.errors import InvalidId
-from google.protobuf.timestamp_pb2 import Timestamp
 from gridfs import GridFSBucket
 from pymongo.database import Database
 from video2mp3.storage.v1 import storage_pb2
@@ -95,13 +90,6 @@ class Mongo:
             n += 1
         return doc is not None
 
-    def ping(self) -> bool:
-        try:
-            self.client.admin.command("ping")
-            return True
-        except pymongo.errors.PyMongoError:
-            return False
-
     def close(self) -> None:
         self.client.close()
 
@@ -115,35 +103,3 @@ def now() -> datetime:
     """Current UTC time at the millisecond precision BSON keeps."""
     current = datetime.now(UTC)
     return current.replace(microsecond=current.microsecond // 1000 * 1000)
-
-
-def timestamp(value: datetime | None) -> Timestamp:
-    result = Timestamp()
-    if value is not None:
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        result.FromDatetime(value)
-    return result
-
-
-def parse_id(value: str, what: str, context: grpc.ServicerContext) -> ObjectId:
-    """An ObjectId from its 24-character hex form; INVALID_ARGUMENT otherwise."""
-    if not value:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required")
-    try:
-        if len(value) != 24:
-            raise InvalidId(value)
-        return ObjectId(value)
-    except (InvalidId, TypeError):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is malformed")
-        raise  # unreachable: abort raises
-
-
-@contextlib.contextmanager
-def unavailable_on_mongo_error(context: grpc.ServicerContext) -> Iterator[None]:
-    """MongoDB errors leave as UNAVAILABLE (a transient outage), never as INTERNAL."""
-    try:
-        yield
-    except (pymongo.errors.ConnectionFailure, pymongo.errors.ExecutionTimeout) as error:
-        log.warning("MongoDB unavailable", extra={"error": repr(error)})
-        context.abort(grpc.StatusCode.UNAVAILABLE, "storage database unavailable")

@@ -1,60 +1,44 @@
-"""Settings of the storage service, from environment variables only."""
+"""Settings of the storage service, declared once each (common/config.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import SettingsError, env_int, env_str, mongo_uri
+from common.config import (
+    PORT,
+    POSITIVE,
+    EnvSettings,
+    SettingsError,
+    at_least,
+    between,
+    mongo_setting,
+    setting,
+)
 
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Settings:
-    bind_host: str = "127.0.0.1"
-    port: int = 5001
-    mongo_uri: str = "mongodb://localhost:27017/"
-    mongo_db: str = "video2mp3"
-    video_bucket: str = "videos"
-    mp3_bucket: str = "mp3s"
-    jobs_collection: str = "jobs"
+@dataclass(frozen=True, kw_only=True)
+class Settings(EnvSettings):
+    bind_host: str = setting("BIND_HOST", "127.0.0.1")
+    port: int = setting("STORAGE_PORT", 5001, check=PORT)
+    mongo_uri: str = mongo_setting()
+    mongo_db: str = setting("MONGO_DB", "video2mp3")
+    video_bucket: str = setting("VIDEO_BUCKET", "videos")
+    mp3_bucket: str = setting("MP3_BUCKET", "mp3s")
+    jobs_collection: str = setting("JOBS_COLLECTION", "jobs")
     # Largest file accepted by Upload (bytes).
-    max_upload_bytes: int = 512 * MIB
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 512 * MIB, check=POSITIVE)
     # Size of the chunks sent by Download, and of the GridFS chunks written by Upload.
     # 1 MiB: the local FerretDB reads a chunk document at a fixed cost plus a cost per
     # byte, and reads 1 MiB chunks about 1.6x faster than 256 KiB ones (per byte).
-    chunk_bytes: int = MIB
+    chunk_bytes: int = setting(
+        "STORAGE_CHUNK_BYTES", MIB, check=between(64 * 1024, 4 * MIB, "must be between 64 KiB and 4 MiB")
+    )
     # How long a MongoDB operation may wait for a server before answering UNAVAILABLE.
-    mongo_timeout_ms: int = 5000
-    grpc_workers: int = 32
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        settings = cls(
-            bind_host=env_str("BIND_HOST", "127.0.0.1", env),
-            port=env_int("STORAGE_PORT", 5001, env),
-            mongo_uri=mongo_uri(env),
-            mongo_db=env_str("MONGO_DB", "video2mp3", env),
-            video_bucket=env_str("VIDEO_BUCKET", "videos", env),
-            mp3_bucket=env_str("MP3_BUCKET", "mp3s", env),
-            jobs_collection=env_str("JOBS_COLLECTION", "jobs", env),
-            max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 512 * MIB, env),
-            chunk_bytes=env_int("STORAGE_CHUNK_BYTES", MIB, env),
-            mongo_timeout_ms=env_int("MONGO_TIMEOUT_MS", 5000, env),
-            grpc_workers=env_int("STORAGE_GRPC_WORKERS", 32, env),
-        )
-        settings.check()
-        return settings
+    mongo_timeout_ms: int = setting("MONGO_TIMEOUT_MS", 5000)
+    grpc_workers: int = setting("STORAGE_GRPC_WORKERS", 32, check=at_least(2))
 
     def check(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise SettingsError(f"STORAGE_PORT must be a TCP port, got {self.port}")
-        if self.max_upload_bytes <= 0:
-            raise SettingsError("MAX_UPLOAD_BYTES must be positive")
-        if not 64 * 1024 <= self.chunk_bytes <= 4 * MIB:
-            raise SettingsError("STORAGE_CHUNK_BYTES must be between 64 KiB and 4 MiB")
         if self.video_bucket == self.mp3_bucket:
             raise SettingsError("VIDEO_BUCKET and MP3_BUCKET must differ")
-        if self.grpc_workers < 2:
-            raise SettingsError("STORAGE_GRPC_WORKERS must be at least 2")

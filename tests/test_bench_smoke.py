@@ -20,14 +20,6 @@ from benchmarks.measure import Progress, RssSampler, run_child
 
 # benchmarks.system (sections 2-3) imports the tests' infra fixtures: imported inside the tests,
 # after pytest has loaded them as plugins.
-SERVICES = (
-    "auth/__main__.py",
-    "storage/__main__.py",
-    "gateway/app.py",
-    "converter/__main__.py",
-    "notifier/__main__.py",
-)
-MISSING = [path.split("/")[0] for path in SERVICES if not (Path(__file__).parent.parent / path).exists()]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="Debian's ffmpeg is not installed (make bench installs it)"
@@ -106,7 +98,6 @@ def test_xargs_ffmpeg_baseline_converts_every_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(MISSING), reason=f"services not on this branch yet: {MISSING}")
 def test_system_sections_run_on_tiny_inputs(tmp_path: Path) -> None:
     from benchmarks import end_to_end, streaming
 

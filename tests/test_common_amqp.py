@@ -13,7 +13,6 @@ from video2mp3.events.v1 import events_pb2
 
 from common.amqp import (
     ATTEMPT_HEADER,
-    RK_REQUESTED,
     Consumer,
     ConsumerSettings,
     Delivery,
@@ -26,6 +25,7 @@ from common.amqp import (
     dead_queue,
     declare_topology,
 )
+from common.events import RK_REQUESTED
 from tests.fixtures.infra import Infra
 from tests.support import free_port, wait_for
 

@@ -91,10 +91,15 @@ def test_reflection_lists_services(echo_server: GrpcServer) -> None:
 def test_sigterm_stops_gracefully_with_json_logs(tmp_path: object) -> None:
     port = free_port()
     script = textwrap.dedent(f"""
-        from common.logs import setup_logging
-        from common.grpc_server import create_server, serve_forever
-        setup_logging("probe")
-        serve_forever(create_server([], port={port}), grace=1)
+        import logging
+        from common.grpc_server import create_server
+        from common.service import run_service
+
+        def main(service):
+            service.closing(lambda: logging.getLogger("probe").info("closed"))
+            service.serve_grpc(create_server([], port={port}), grace=1)
+
+        run_service("probe", main)
     """)
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -113,5 +118,19 @@ def test_sigterm_stops_gracefully_with_json_logs(tmp_path: object) -> None:
     assert proc.returncode == 0
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [line["message"] for line in lines]
-    assert messages[-1] == "stopped"
+    assert messages[-2:] == ["closed", "stopped"]  # what main opened is closed before the exit
     assert all(line["service"] == "probe" and "severity" in line and "time" in line for line in lines)
+
+
+def test_is_transient_tells_answers_from_outages(echo_server: GrpcServer) -> None:
+    from common.grpc_client import is_transient
+
+    with pytest.raises(grpc.RpcError) as answered:
+        call(echo_server, b"abort")  # INVALID_ARGUMENT: the same call gets the same answer
+    assert not is_transient(answered.value)
+    with pytest.raises(grpc.RpcError) as crashed:
+        call(echo_server, b"boom")  # INTERNAL: a server bug or restart, worth a bounded retry
+    assert is_transient(crashed.value)
+    with grpc.insecure_channel(f"127.0.0.1:{free_port()}") as channel, pytest.raises(grpc.RpcError) as down:
+        channel.unary_unary(f"/{SERVICE}/Echo")(b"x", timeout=5)
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE and is_transient(down.value)

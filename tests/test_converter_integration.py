@@ -14,9 +14,9 @@ import pytest
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.amqp import dead_queue
+from common.file_streams import UploadStream
 from common.grpc_client import insecure_channel
 from converter.spool import ROOT_NAME
-from storage.client import upload_requests
 from tests.fixtures.converter import ConverterRunner, MediaCache
 from tests.fixtures.infra import Infra, rabbitmqctl
 from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
@@ -67,7 +67,7 @@ class StorageProcess:
         )
         data = source.read_bytes()
         chunks = (data[start : start + 256 * 1024] for start in range(0, len(data), 256 * 1024))
-        info = self.files.Upload(upload_requests(header, chunks), timeout=30).file
+        info = self.files.Upload(UploadStream(header, chunks), timeout=30).file
         return self.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(
                 owner_id=owner, owner_email=f"{owner}@example.com", video_id=info.id, filename=name
@@ -129,7 +129,7 @@ def test_every_container_and_codec_end_to_end(
     specs += [MediaSpec(container=c, video_codec=None, duration=1.0) for c in AUDIO_ONLY]
     sources = [media_cache.get(spec) for spec in specs]
     jobs = [storage.add_job(source) for source in sources]
-    worker = runner.start(WORKERS="2", PREFETCH="1")
+    worker = runner.start(CONVERTER_WORKERS="2", CONVERTER_PREFETCH="1")
     wait_for(lambda: worker.logs().count('"consuming"') == 2, 20, what="two consumers")
     for job in jobs:
         runner.request(job)

@@ -121,7 +121,7 @@ def test_health_endpoint(runner: ConverterRunner) -> None:
     from tests.support import free_port
 
     port = free_port()
-    worker = runner.start(HEALTH_PORT=str(port))
+    worker = runner.start(CONVERTER_HEALTH_PORT=str(port))
 
     def status(path: str) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:

@@ -17,8 +17,9 @@ from google.protobuf.message import Message
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Delivery, Outcome, PublishError, TransientError
+from common.amqp import Delivery, Outcome, PublishError, TransientError
 from common.config import SettingsError
+from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
 from tests.fixtures.converter import FakeStorageServer, MediaCache
@@ -367,12 +368,12 @@ def test_settings_from_env() -> None:
     env = {
         "STORAGE_SVC_ADDRESS": "storage:5001",
         "RABBITMQ_HOST": "rabbit",
-        "PREFETCH": "2",
-        "WORKERS": "3",
+        "CONVERTER_PREFETCH": "2",
+        "CONVERTER_WORKERS": "3",
         "MP3_BITRATE_KBPS": "128",
         "MP3_VBR": "true",
         "MAX_DURATION_SECONDS": "60",
-        "HEALTH_PORT": "8081",
+        "CONVERTER_HEALTH_PORT": "8081",
         "TMP_DIR": "/scratch",
     }
     settings = Settings.from_env(env)
@@ -386,4 +387,4 @@ def test_settings_from_env() -> None:
     with pytest.raises(SettingsError, match="bit rate"):
         Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "MP3_BITRATE_KBPS": "100"})
     with pytest.raises(SettingsError, match="PREFETCH"):
-        Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "PREFETCH": "0"})
+        Settings.from_env({"STORAGE_SVC_ADDRESS": "x", "CONVERTER_PREFETCH": "0"})

@@ -75,5 +75,8 @@ def test_gateway_under_gunicorn(infra: Any, auth_address: str, tmp_path: Path) -
         entries = [json.loads(line) for line in lines]
         assert any(e["message"] == "http" and e.get("path") == "/login" for e in entries)
         assert all(e["service"] == "gateway" for e in entries)
+        # Each worker closed its gRPC channels and AMQP connection on the way out.
+        closed = {e["pid"] for e in entries if e["message"] == "worker closed its clients"}
+        assert len(closed) == 2
     finally:
         proc.stop()

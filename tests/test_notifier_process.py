@@ -19,7 +19,8 @@ from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from common.amqp import RK_FAILED, RK_SUCCEEDED, Publisher, dead_queue
+from common.amqp import Publisher, dead_queue
+from common.events import RK_FAILED, RK_SUCCEEDED
 from tests.fixtures.auth import unique_email
 from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
 from tests.fixtures.storage import StorageHandle
@@ -139,7 +140,7 @@ def notifier_process(
         "NOTIFIER_RETRY_MAX_SECONDS": "2",
         "NOTIFIER_MAX_ATTEMPTS": "40",
         "SMTP_TIMEOUT_SECONDS": "3",
-        "HEALTH_PORT": str(health_port),
+        "NOTIFIER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
     }
     process = ServiceProcess(f"notifier-{health_port}", python_module("notifier"), env, tmp_path)

@@ -35,7 +35,7 @@ def test_everything_from_env() -> None:
         "NOTIFIER_MAX_ATTEMPTS": "3",
         "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
         "DOWNLOAD_LINK_TTL_SECONDS": "60",
-        "HEALTH_PORT": "8082",
+        "NOTIFIER_HEALTH_PORT": "8082",
     }
     s = Settings.from_env(env)
     assert (s.smtp_host, s.smtp_port, s.smtp_security) == ("mail", 465, "ssl")
@@ -57,7 +57,7 @@ def test_everything_from_env() -> None:
         ({"SMTP_USERNAME": "u"}, "SMTP_PASSWORD"),
         ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": "p"}, "SMTP_SECURITY"),
         ({"DOWNLOAD_LINK_TTL_SECONDS": "0"}, "DOWNLOAD_LINK_TTL_SECONDS"),
-        ({"HEALTH_PORT": "70000"}, "HEALTH_PORT"),
+        ({"NOTIFIER_HEALTH_PORT": "70000"}, "NOTIFIER_HEALTH_PORT"),
     ],
 )
 def test_bad_settings_name_the_variable(change: dict[str, str], name: str) -> None:

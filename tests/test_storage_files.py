@@ -16,7 +16,7 @@ import pytest
 from bson import ObjectId
 from video2mp3.storage.v1 import storage_pb2
 
-from storage.client import upload_requests
+from common.file_streams import UploadStream
 from storage.files import clean_filename
 from storage.gridwriter import GridWriter
 from storage.mongo import chunk_id
@@ -186,7 +186,7 @@ def test_malformed_uploads_are_refused(storage_service: StorageHandle) -> None:
     # Nothing at all.
     assert code_of(lambda: files.Upload(iter([]))) == invalid
     # Empty file.
-    assert code_of(lambda: files.Upload(upload_requests(header, []))) == invalid
+    assert code_of(lambda: files.Upload(UploadStream(header, []))) == invalid
     # A second header.
     twice = iter(
         [
@@ -226,9 +226,9 @@ def test_malformed_uploads_are_refused(storage_service: StorageHandle) -> None:
     files.Delete(storage_pb2.DeleteRequest(bucket=VIDEOS, file_id=stored.id))
     # No owner, no bucket.
     no_owner = storage_pb2.UploadHeader(bucket=VIDEOS, filename="a.mp4")
-    assert code_of(lambda: files.Upload(upload_requests(no_owner, [b"x"]))) == invalid
+    assert code_of(lambda: files.Upload(UploadStream(no_owner, [b"x"]))) == invalid
     no_bucket = storage_pb2.UploadHeader(filename="a.mp4", owner_id="m")
-    assert code_of(lambda: files.Upload(upload_requests(no_bucket, [b"x"]))) == invalid
+    assert code_of(lambda: files.Upload(UploadStream(no_bucket, [b"x"]))) == invalid
     assert storage_service.orphan_chunks() == before
     assert (
         storage_service.db[f"{storage_service.settings.video_bucket}.files"].count_documents(

@@ -12,12 +12,12 @@ from flask import Blueprint, Response, current_app, request
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.storage.v1 import storage_pb2
 
+from common.file_streams import split_download
 from common.grpc_client import STREAM_TIMEOUT
+from gateway.auth_guard import authenticate, unauthenticated
 from gateway.clients import call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
-from gateway.identity import authenticate, unauthenticated
 from gateway.views.shared import grpc_timeout
-from storage.client import split_download
 
 log = logging.getLogger("gateway.download")
 

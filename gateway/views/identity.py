@@ -7,9 +7,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
 
+from gateway.auth_guard import current_user, login_required, role_name
 from gateway.clients import call_metadata, get_clients
 from gateway.errors import ApiError
-from gateway.identity import current_user, login_required, role_name
 
 bp = Blueprint("identity", __name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from video2mp3.storage.v1 import jobs_pb2
 
+from gateway.auth_guard import current_user, login_required
 from gateway.clients import call_metadata, get_clients
-from gateway.identity import current_user, login_required
 from gateway.views.shared import base_url, grpc_timeout, iso
 
 bp = Blueprint("jobs", __name__)

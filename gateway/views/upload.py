@@ -11,23 +11,22 @@ from __future__ import annotations
 import logging
 import mimetypes
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import grpc
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
-from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from common.amqp import RK_REQUESTED, PublishError
+from common.amqp import PublishError
+from common.events import RK_REQUESTED, conversion_requested
+from common.file_streams import UploadStream
 from common.grpc_client import STREAM_TIMEOUT
+from gateway.auth_guard import current_user, login_required
 from gateway.clients import Clients, call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
-from gateway.identity import current_user, login_required
 from gateway.multipart import MultipartFile
 from gateway.views.shared import base_url, grpc_timeout
-from storage.client import upload_requests
 
 log = logging.getLogger("gateway.upload")
 
@@ -93,7 +92,7 @@ def _store_video(clients: Clients, user: auth_pb2.User, limit: int) -> storage_p
     )
     try:
         response = clients.storage.Upload(
-            upload_requests(header, source), timeout=STREAM_TIMEOUT, metadata=call_metadata()
+            UploadStream(header, source), timeout=STREAM_TIMEOUT, metadata=call_metadata()
         )
     except grpc.RpcError as error:
         if source.error is not None:
@@ -142,18 +141,6 @@ def _rollback(clients: Clients, user: auth_pb2.User, video_id: str, job_id: str 
             "could not remove a video after a failed upload",
             extra={"video_id": video_id, "error": repr(error)},
         )
-
-
-def conversion_requested(job: jobs_pb2.Job) -> events_pb2.ConversionRequested:
-    event = events_pb2.ConversionRequested(
-        job_id=job.id,
-        video_id=job.video_id,
-        owner_id=job.owner_id,
-        owner_email=job.owner_email,
-        filename=job.filename,
-    )
-    event.requested_at.FromDatetime(datetime.now(UTC))
-    return event
 
 
 @bp.post("/upload")
