@@ -39,7 +39,6 @@ LOCAL_SETTINGS: dict[str, str | None] = {
     "GATEWAY_PORT": "GATEWAY_PORT",
     "AUTH_PORT": "AUTH_PORT",
     "STORAGE_PORT": "STORAGE_PORT",
-    "HEALTH_PORT": None,  # {NAME}_HEALTH_PORT, per Deployment
     "AUTH_SVC_ADDRESS": "AUTH_SVC_ADDRESS",
     "STORAGE_SVC_ADDRESS": "STORAGE_SVC_ADDRESS",
     "PUBLIC_BASE_URL": "PUBLIC_BASE_URL",
@@ -141,9 +140,12 @@ def local_env(name: str, env: Mapping[str, str], here: Mapping[str, str]) -> dic
     """``env`` with every setting in LOCAL_SETTINGS replaced by its local value from ``here``."""
     out = dict(env)
     for key in env:
-        if key not in LOCAL_SETTINGS:
+        if key.endswith("_HEALTH_PORT"):  # a worker's health endpoint: CONVERTER_HEALTH_PORT ...
+            source: str | None = key
+        elif key in LOCAL_SETTINGS:
+            source = LOCAL_SETTINGS[key]
+        else:
             continue
-        source = f"{name.upper()}_HEALTH_PORT" if key == "HEALTH_PORT" else LOCAL_SETTINGS[key]
         if source is None:
             out[key] = FIXED[key]
         elif source in here:
