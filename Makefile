@@ -67,6 +67,10 @@ image: bootstrap k8s-tools ## build the image with Podman on a local Debian base
 image-test: infra k8s-tools ## build the image, run every service from it as manifests/ does, README walkthrough against them
 	@bash dev/image.sh test
 
+.PHONY: cluster-test
+cluster-test: infra k8s-tools ## a single-node Kubernetes built here; kubectl apply -k, walkthrough, converter kill, scaling
+	@bash dev/cluster.sh test
+
 .PHONY: image-clean
 image-clean: ## remove the image, its local base and their build cache (the next build starts from nothing)
 	@bash dev/image.sh clean
