@@ -29,7 +29,7 @@ lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .
-	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) tests dev/smtp_sink.py dev/image_containers.py
+	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) tests dev/smtp_sink.py dev/keep_running.py dev/image_containers.py
 
 .PHONY: fmt
 fmt: bootstrap ## format the Python code with ruff
@@ -90,6 +90,10 @@ up: ## run the whole system on loopback (infrastructure + five services), wait u
 .PHONY: down
 down: ## stop the services and the infrastructure that `make up` started
 	@bash dev/up.sh down
+
+.PHONY: certs
+certs: bootstrap ## make (if missing or expiring) the local CA and the services' mutual-TLS certificates in GRPC_TLS_DIR (make up does it too)
+	@source dev/defaults.env && $(PY) dev/certs.py "$$GRPC_TLS_DIR" && echo "certificates in $$GRPC_TLS_DIR"
 
 .PHONY: logs
 logs: ## follow the services' logs

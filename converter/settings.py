@@ -16,12 +16,14 @@ from common.config import (
     rabbitmq_setting,
     setting,
 )
+from common.grpc_tls import GrpcTls, tls_dir_setting
 from converter.transcode import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(EnvSettings):
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    grpc_tls_dir: str = tls_dir_setting()
     rabbitmq_url: str = rabbitmq_setting()
     video_queue: str = setting("VIDEO_QUEUE", "video")
     mp3_queue: str = setting("MP3_QUEUE", "mp3")
@@ -52,6 +54,10 @@ class Settings(EnvSettings):
     # A job "converting" for longer than this is taken over by a fresh message for it (its
     # worker is gone and its message was lost); a job younger than this is left alone.
     takeover_after_seconds: float = setting("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (converter), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "converter")
 
     def check(self) -> None:
         try:

@@ -142,6 +142,8 @@ up() {
   bash "$ROOT/dev/infra.sh" up
   export CONVERTER_HEALTH_PORT="${CONVERTER_HEALTH_PORT:-8081}"
   export NOTIFIER_HEALTH_PORT="${NOTIFIER_HEALTH_PORT:-8082}"
+  export AUTH_HEALTH_PORT="${AUTH_HEALTH_PORT:-5010}" STORAGE_HEALTH_PORT="${STORAGE_HEALTH_PORT:-5011}"
+  "$PYTHON" "$ROOT/dev/certs.py" "$GRPC_TLS_DIR" # as dev/up.sh: the local certificates, made once
   if [[ -z "${JWT_SECRET:-}" ]]; then # as dev/up.sh: made once, kept with the local state
     if [[ ! -s "$INFRA_DIR/jwt_secret" ]]; then
       (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$INFRA_DIR/jwt_secret")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class Container:
     entrypoint: list[str]
     args: list[str]
     env: dict[str, str]
+    # Secret volumes: mount path -> (file name -> the local file in its place), file mode, group.
+    secrets: dict[str, tuple[dict[str, Path], int, int | None]] = field(default_factory=dict)
 
 
 def operator_secrets(directory: str, names: list[str]) -> set[str]:
@@ -80,7 +82,11 @@ def render_manifests() -> list[Obj]:
         copy = Path(tmp) / "manifests"
         shutil.copytree(ROOT / "manifests", copy, ignore=operator_secrets)
         subprocess.run(
-            ["bash", str(copy / "secrets/generate.sh")], check=True, capture_output=True, timeout=60
+            ["bash", str(copy / "secrets/generate.sh")],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "VIDEO2MP3_ROOT": str(ROOT)},  # its dev/certs.py
         )
         out = subprocess.run(
             ["bash", str(ROOT / "dev/k8s-tools.sh"), "render-json", str(copy)],
@@ -192,8 +198,12 @@ def container_for(objects: list[Obj], deployment: Obj, here: Mapping[str, str]) 
     if security.get("privileged"):
         raise SystemExit(f"{name}: privileged containers are not run here")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    secrets: dict[str, tuple[dict[str, Path], int, int | None]] = {}
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
+        if "secret" in volume:
+            secrets[mount["mountPath"]] = local_secret(objects, volume["secret"], here, pod)
+            continue
         if "emptyDir" not in volume:
             raise SystemExit(f"{name}: volume {mount['name']} is not an emptyDir; not supported here")
         size = volume["emptyDir"].get("sizeLimit")
@@ -208,7 +218,23 @@ def container_for(objects: list[Obj], deployment: Obj, here: Mapping[str, str]) 
     command = container.get("command")
     if not command:
         raise SystemExit(f"{name}: the manifests give no command")
-    return Container(name, options, list(command), list(container.get("args", [])), env)
+    return Container(name, options, list(command), list(container.get("args", [])), env, secrets)
+
+
+def local_secret(
+    objects: list[Obj], volume: Obj, here: Mapping[str, str], pod: Obj
+) -> tuple[dict[str, Path], int, int | None]:
+    """A Secret volume of internal gRPC's certificates (NAME-tls): the same file names, taken
+    from the local certificates of GRPC_TLS_DIR (made for loopback by dev/certs.py)."""
+    name = volume["secretName"]
+    (secret,) = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith(name)]
+    if not re.search(r"-tls(-[a-z0-9]+)?$", name):
+        raise SystemExit(f"secret volume {name}: only the certificates of internal gRPC are supported")
+    if "GRPC_TLS_DIR" not in here:
+        raise SystemExit(f"secret volume {name} needs a local value: set GRPC_TLS_DIR")
+    files = {key: Path(here["GRPC_TLS_DIR"]) / key for key in secret.get("data", {})}
+    group = pod.get("securityContext", {}).get("fsGroup")
+    return files, int(volume.get("defaultMode", 0o644)), group
 
 
 def up(containers: list[Container], image: str, prefix: str, run_dir: Path, podman_run: list[str]) -> None:
@@ -220,6 +246,17 @@ def up(containers: list[Container], image: str, prefix: str, run_dir: Path, podm
         env_file = run_dir / f"{c.name}.env"
         env_file.touch(mode=0o600)
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(c.env.items())))
+        mounts = []
+        for index, (path, (files, mode, group)) in enumerate(sorted(c.secrets.items())):
+            directory = run_dir / f"{c.name}-secret-{index}"
+            directory.mkdir(exist_ok=True)
+            for file_name, source in files.items():
+                target = directory / file_name
+                shutil.copyfile(source, target)
+                if group is not None:
+                    os.chown(target, -1, group)
+                target.chmod(mode)
+            mounts.append(f"--volume={directory}:{path}:ro")
         full_name = f"{prefix}-{c.name}"
         argv = [
             *podman_run,
@@ -229,6 +266,7 @@ def up(containers: list[Container], image: str, prefix: str, run_dir: Path, podm
             "--network=host",
             f"--env-file={env_file}",
             *c.options,
+            *mounts,
             f"--entrypoint={json.dumps(c.entrypoint)}",
             image,
             *c.args,

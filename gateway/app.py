@@ -15,6 +15,7 @@ from common.config import SettingsError, exit_on_settings_error
 from common.logs import setup_logging
 from gateway import errors, metrics
 from gateway.clients import EXTENSION, Clients
+from gateway.jsonio import StrictJSONProvider
 from gateway.settings import Settings
 from gateway.sweeper import Sweeper
 from gateway.views import download, identity, jobs, ops, upload
@@ -30,13 +31,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     environment and JSON logging is set up; nothing connects to a backend here."""
     if settings is None:
         setup_logging("gateway")
-        try:
-            settings = Settings.from_env()
-        except SettingsError as error:
-            exit_on_settings_error("gateway", error)
-            raise  # unreachable: exit_on_settings_error exits
+    try:
+        settings = Settings.from_env() if settings is None else settings
+        tls = settings.grpc_tls()  # read once, before gunicorn forks its workers
+    except SettingsError as error:
+        exit_on_settings_error("gateway", error)
+        raise  # unreachable: exit_on_settings_error exits
 
-    app = Flask("gateway")
+    app = Flask("gateway", static_folder=None)  # every route is one of ours, documented
+    app.json = StrictJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         AUTH_TIMEOUT_SECONDS=settings.auth_timeout_seconds,
@@ -46,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["video2mp3.settings"] = settings
-    app.extensions[EXTENSION] = Clients(settings)
+    app.extensions[EXTENSION] = Clients(settings, tls)
     sweeper = Sweeper(app.extensions[EXTENSION], settings)
     app.extensions["video2mp3.sweeper"] = sweeper
     if settings.trusted_proxy_count:

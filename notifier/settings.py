@@ -14,6 +14,7 @@ from common.config import (
     setting,
     starts_with,
 )
+from common.grpc_tls import GrpcTls, tls_dir_setting
 from notifier.messages import InvalidAddress, parse_sender
 
 SECURITY_MODES = ("none", "starttls", "ssl")
@@ -38,6 +39,7 @@ class Settings(EnvSettings):
     )
     auth_address: str = setting("AUTH_SVC_ADDRESS")
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    grpc_tls_dir: str = tls_dir_setting()
     rabbitmq_url: str = rabbitmq_setting()
     mp3_queue: str = setting("MP3_QUEUE", "mp3")
     video_queue: str = setting("VIDEO_QUEUE", "video")
@@ -52,6 +54,10 @@ class Settings(EnvSettings):
     def __post_init__(self) -> None:
         if self.smtp_port == 0:
             object.__setattr__(self, "smtp_port", DEFAULT_SMTP_PORTS.get(self.smtp_security, 25))
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (notifier), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "notifier")
 
     def check(self) -> None:
         if self.smtp_username and not self.smtp_password:

@@ -9,6 +9,7 @@ vhost. The secrets hold the local credentials; the public URL is the port-forwar
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,7 +35,12 @@ def relay_ports(infra: Infra) -> dict[str, int]:
 def make_overlay(work: Path, infra: Infra, smtp_port: int, public_url: str, jwt_secret: str) -> Path:
     copy = work / "manifests"
     shutil.copytree(ROOT / "manifests", copy, ignore=operator_secrets)
-    made = subprocess.run(["bash", str(copy / "secrets/generate.sh")], capture_output=True, text=True)
+    made = subprocess.run(
+        ["bash", str(copy / "secrets/generate.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VIDEO2MP3_ROOT": str(ROOT)},
+    )
     assert made.returncode == 0, made.stderr
     e = infra.env
     amqp = infra.rabbitmq_url.replace(f"@{e['RABBITMQ_HOST']}:{e['RABBITMQ_PORT']}/", "@rabbitmq:5672/")

@@ -23,6 +23,7 @@ from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
 from tests.fixtures.converter import FakeStorageServer, MediaCache
+from tests.fixtures.infra import Infra
 from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
 
 
@@ -69,16 +70,19 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 
 
 @pytest.fixture
-def env(fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
+def env(
+    infra: Infra, fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
     settings = Settings(
         storage_address=fake_storage.address,
+        grpc_tls_dir=str(infra.tls_dir),
         rabbitmq_url="amqp://unused",
         tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
-    channel = grpc.insecure_channel(fake_storage.address)
+    channel = infra.channel(fake_storage.address, "converter")
     publisher = RecordingPublisher()
     converter = Converter(settings, channel, publisher)
     try:

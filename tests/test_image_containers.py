@@ -23,6 +23,9 @@ HERE = {
     "STORAGE_PORT": "15001",
     "CONVERTER_HEALTH_PORT": "18081",
     "NOTIFIER_HEALTH_PORT": "18082",
+    "AUTH_HEALTH_PORT": "15010",
+    "STORAGE_HEALTH_PORT": "15011",
+    "GRPC_TLS_DIR": "/var/tmp/video2mp3/certs",
     "AUTH_SVC_ADDRESS": "127.0.0.1:15000",
     "STORAGE_SVC_ADDRESS": "127.0.0.1:15001",
     "PUBLIC_BASE_URL": "http://127.0.0.1:18080",
@@ -79,9 +82,15 @@ def test_container_runs_as_its_deployment_says(objects: list[ic.Obj], service: s
     assert "--cap-drop=ALL" in c.options and "--security-opt=no-new-privileges" in c.options
     assert f"--stop-timeout={spec['terminationGracePeriodSeconds']}" in c.options
     tmpfs = [o for o in c.options if o.startswith("--tmpfs=")]
+    empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
     assert sorted(o.split("=", 1)[1].split(":")[0] for o in tmpfs) == sorted(
-        m["mountPath"] for m in manifest["volumeMounts"]
+        m["mountPath"] for m in manifest["volumeMounts"] if m["name"] in empty_dirs
     )
+    # The certificates of internal gRPC: the same files, from the local GRPC_TLS_DIR, group-readable.
+    (files, mode, group) = c.secrets["/etc/video2mp3/tls"]
+    assert sorted(files) == sorted(["ca.crt", f"{service}.crt", f"{service}.key"])
+    assert all(path.parent == Path(HERE["GRPC_TLS_DIR"]) for path in files.values())
+    assert (mode, group) == (0o440, 10001)
     memory = manifest["resources"]["limits"]["memory"]
     assert f"--memory={ic.quantity(memory, 'memory')}" in c.options
     # The manifests' environment, but for where things are.

@@ -4,6 +4,7 @@ servers, the real MongoDB-compatible server and the real RabbitMQ."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -259,9 +260,10 @@ def test_download_ranges(finished: tuple[MediaUser, str, bytes]) -> None:
         assert response.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{size}"
         assert response.headers["Content-Length"] == str(stop - start)
         assert response.get_data() == mp3[start:stop], header
-    unsatisfiable = user.http.get(url, headers={**user.headers, "Range": f"bytes={size}-"})
-    assert_error(unsatisfiable, 416)
-    assert unsatisfiable.headers["Content-Range"] == f"bytes */{size}"
+    for header in (f"bytes={size}-", "bytes=-0", "bytes= -000"):  # a zero-length suffix (RFC 9110 §14.1.1)
+        unsatisfiable = user.http.get(url, headers={**user.headers, "Range": header})
+        assert_error(unsatisfiable, 416)
+        assert unsatisfiable.headers["Content-Range"] == f"bytes */{size}"
     # Several ranges or a stale If-Range: the whole file.
     several = user.http.get(url, headers={**user.headers, "Range": "bytes=0-1,5-6"})
     assert several.status_code == 200 and len(several.get_data()) == size
@@ -272,6 +274,7 @@ def test_download_ranges(finished: tuple[MediaUser, str, bytes]) -> None:
 def test_download_access_rules(
     finished: tuple[MediaUser, str, bytes],
     media_user: Callable[[], MediaUser],
+    infra: Infra,
     auth_address: str,
     auth_settings: Any,
     storage_service: StorageHandle,
@@ -288,9 +291,7 @@ def test_download_access_rules(
     video_id = user.http.get("/jobs", headers=user.headers).get_json()["jobs"][0]["video_id"]
     assert_error(http.get(f"/download?fid={video_id}", headers=user.headers), 404)
 
-    import grpc
-
-    channel = grpc.insecure_channel(auth_address)
+    channel = infra.channel(auth_address, "notifier")
     auth = auth_pb2_grpc.AuthServiceStub(channel)
     token = auth.IssueDownloadToken(
         auth_pb2.IssueDownloadTokenRequest(user_id=user.id, file_id=mp3_id)
@@ -451,5 +452,34 @@ def test_streaming_through_gunicorn(
             wait_for(lambda: storage_service.orphan_chunks() > 0, timeout=30, what="chunks in flight")
         wait_for(lambda: storage_service.orphan_chunks() == 0, timeout=30, what="partial chunks removed")
         assert leftovers(storage_service, user_id) == (1, 1)  # only the finished upload
+
+        # The same with chunked transfer encoding (curl -T - stopped with Ctrl-C).
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            head = (
+                f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {headers['Authorization']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            )
+            preamble = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut2.mp4"\r\n\r\n'
+            ).encode()
+            sock.sendall(head.encode() + b"%x\r\n" % len(preamble) + preamble + b"\r\n")
+            for _ in range(4):
+                sock.sendall(b"%x\r\n" % MIB + os.urandom(MIB) + b"\r\n")
+            wait_for(lambda: storage_service.orphan_chunks() > 0, timeout=30, what="chunks in flight")
+        wait_for(lambda: storage_service.orphan_chunks() == 0, timeout=30, what="partial chunks removed")
+        assert leftovers(storage_service, user_id) == (1, 1)
+
+        # Each abort is one WARNING line, never an ERROR with a traceback.
+        def aborted() -> list[dict[str, Any]]:
+            records = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+            return [r for r in records if r.get("message") == "upload aborted by the client"]
+
+        wait_for(lambda: len(aborted()) == 2, timeout=30, what="two warnings logged")
+        assert [r["severity"] for r in aborted()] == ["WARNING", "WARNING"]
+        records = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+        errors = [r for r in records if r.get("severity") in ("ERROR", "CRITICAL")]
+        assert not errors, errors
+        assert "Traceback" not in proc.logs()
     finally:
         proc.stop()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from common.grpc_tls import GrpcTls
 from tests.fixtures.infra import Infra, SmtpSink
 from tests.support import ROOT, port_open
 from tests.walkthrough import run_walkthrough, system_env
@@ -49,16 +54,26 @@ def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
 
 
 def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
+    """As the README shows: grpcurl with the operator's certificate of $GRPC_TLS_DIR."""
     grpcurl = str(ROOT / ".venv/bin/grpcurl")
+    tls = Path(upped["GRPC_TLS_DIR"])
+    operator = [
+        "-cacert",
+        str(tls / "ca.crt"),
+        "-cert",
+        str(tls / "operator.crt"),
+        "-key",
+        str(tls / "operator.key"),
+    ]
     auth = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
     storage = subprocess.run(
-        [grpcurl, "-plaintext", upped["STORAGE_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["STORAGE_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -67,7 +82,7 @@ def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     assert "video2mp3.auth.v1.AuthService" in auth and "grpc.health.v1.Health" in auth
     assert "video2mp3.storage.v1.StorageService" in storage and "video2mp3.storage.v1.JobService" in storage
     health = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,3 +90,43 @@ def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     ).stdout
     assert "SERVING" in health
     assert urllib.parse.urlparse(upped["PUBLIC_BASE_URL"]).port == int(upped["GATEWAY_PORT"])
+
+
+def _service_pids(module: str, port_variable: str, port: str) -> list[int]:
+    """Pids of `python -m <module>` processes started with ``<port_variable>=<port>``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        service = any(a == b"-m" and b == module.encode() for a, b in itertools.pairwise(cmdline))
+        supervisor = any(arg.endswith(b"keep_running.py") for arg in cmdline)
+        if service and not supervisor and f"{port_variable}={port}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_crashed_service_is_restarted(upped: dict[str, str]) -> None:
+    """kill -9 of auth: it comes back on its own (issue 19 item 9; honcho alone stopped
+    everything), and the other services keep running meanwhile."""
+    from dev.wait_healthy import grpc_serving, http_ok
+    from tests.support import wait_for
+
+    auth_address, gateway = upped["AUTH_SVC_ADDRESS"], upped["PUBLIC_BASE_URL"]
+    operator = GrpcTls.load(upped["GRPC_TLS_DIR"], "operator")
+    (before,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
+    storage_pids = _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"])
+    assert storage_pids and grpc_serving(auth_address, operator)
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: not grpc_serving(auth_address, operator), timeout=30, what="auth down")
+    wait_for(lambda: grpc_serving(auth_address, operator), timeout=90, what="auth serving again")
+    (after,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
+    assert after != before
+    assert _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"]) == storage_pids
+    assert http_ok(f"{gateway}/healthz")
+    log = (Path(upped["RUN_DIR"]) / "services.log").read_text(errors="replace")
+    assert "auth: exited with code -9; restarting" in log

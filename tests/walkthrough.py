@@ -16,7 +16,15 @@ from tests.fixtures.infra import Infra, SmtpSink
 from tests.media import audio_duration
 from tests.support import ROOT, free_port
 
-PORT_SETTINGS = ("GATEWAY_PORT", "AUTH_PORT", "STORAGE_PORT", "CONVERTER_HEALTH_PORT", "NOTIFIER_HEALTH_PORT")
+PORT_SETTINGS = (
+    "GATEWAY_PORT",
+    "AUTH_PORT",
+    "STORAGE_PORT",
+    "CONVERTER_HEALTH_PORT",
+    "NOTIFIER_HEALTH_PORT",
+    "AUTH_HEALTH_PORT",
+    "STORAGE_HEALTH_PORT",
+)
 
 
 def walkthrough_script() -> str:
@@ -43,6 +51,9 @@ def system_env(infra: Infra, sink: SmtpSink, work: Path) -> dict[str, str]:
         "STORAGE_SVC_ADDRESS": f"127.0.0.1:{ports['STORAGE_PORT']}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
+        # This session's other tests sign up from loopback into the same database.
+        "REGISTER_MAX_PER_ADDRESS": infra.service_env()["REGISTER_MAX_PER_ADDRESS"],
+        "GRPC_TLS_DIR": str(infra.tls_dir),  # the session's certificates
         "WORK": str(work),
     }
     env.pop("PYTHONPATH", None)
