@@ -62,6 +62,7 @@ PERMISSIONS: Table = {
         "CancelJob": frozenset({GATEWAY, OPERATOR}),
         "RemoveJob": frozenset({GATEWAY, OPERATOR}),
         "ClaimNotification": frozenset({NOTIFIER, OPERATOR}),
+        "RecordSource": frozenset({CONVERTER, OPERATOR}),
     },
     HEALTH: {
         "Check": frozenset(CLIENTS),

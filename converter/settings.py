@@ -17,7 +17,7 @@ from common.config import (
     setting,
 )
 from common.grpc_tls import GrpcTls, tls_dir_setting
-from converter.transcode import EncodeOptions
+from converter.encoders import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,9 +20,10 @@ import grpc
 import pymongo
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2
 
+from common.conversion_options import problem
 from storage import lifecycle
 from storage.guard import Busy, JobMissing
-from storage.jobstore import BadPageToken, JobStore, to_job
+from storage.jobstore import BadPageToken, JobStore, as_dict, to_job
 from storage.lifecycle import FAILED, QUEUED, STATES, SUCCEEDED, TERMINAL, Refused, state_name
 from storage.mongo import Mongo, now
 from storage.rpc import parse_id, unavailable_on_mongo_error
@@ -35,6 +36,7 @@ DEFAULT_STALE_LIMIT = 100
 MAX_STALE_LIMIT = 1000
 MAX_REASON = 1000
 MAX_TEXT = 320
+MAX_TRACKS = 64
 MAX_WORKER_ID = 200
 
 
@@ -79,6 +81,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner_id is required")
         if len(request.owner_email) > MAX_TEXT or len(request.filename) > MAX_TEXT:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner_email or filename is too long")
+        wrong = problem(request.options)
+        if wrong:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"options: {wrong}")
         video_oid = parse_id(request.video_id, "video_id", context)
         with unavailable_on_mongo_error(context):
             self.mongo.ensure_indexes()
@@ -101,6 +106,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 "notified": False,
                 "duration_seconds": 0.0,
                 "version": 1,  # 0 is a progress report in JobChanged events
+                "options": as_dict(request.options),
                 "created_at": created,
                 "updated_at": created,
             }
@@ -301,6 +307,23 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.store.guard.forget(oid)
         log.info("job deleted", extra={"job_id": request.job_id})
         return jobs_pb2.DeleteJobResponse()
+
+    def RecordSource(
+        self, request: jobs_pb2.RecordSourceRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.RecordSourceResponse:
+        oid = parse_id(request.job_id, "job_id", context)
+        if len(request.source.audio_tracks) > MAX_TRACKS:
+            request.source.ClearField("audio_tracks")  # listed up to a sane number only
+        source = as_dict(request.source)
+
+        def rule(doc: dict[str, Any]) -> dict[str, Any]:
+            if doc.get("state") in TERMINAL:
+                raise Refused("the job is finished")
+            return {"source": source}
+
+        with lifecycle_errors(context):
+            doc, _ = self.store.apply(oid, rule)
+        return jobs_pb2.RecordSourceResponse(job=to_job(doc))
 
     def ListStaleJobs(
         self, request: jobs_pb2.ListStaleJobsRequest, context: grpc.ServicerContext

@@ -21,8 +21,9 @@ from typing import Any
 import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
+from google.protobuf import json_format
 from video2mp3.events.v1 import events_pb2
-from video2mp3.storage.v1 import jobs_pb2, storage_pb2
+from video2mp3.storage.v1 import jobs_pb2, options_pb2, storage_pb2
 
 from storage import lifecycle
 from storage.guard import Guard, JobMissing, Leases
@@ -45,6 +46,10 @@ def notify_lease(job_id: str) -> str:
     return f"notify:{job_id}"
 
 
+def as_dict(message: options_pb2.ConversionOptions | options_pb2.SourceInfo) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
 def to_job(doc: Doc, progress: Doc | None = None, queue_position: int = 0) -> jobs_pb2.Job:
     job = jobs_pb2.Job(
         id=str(doc["_id"]),
@@ -65,7 +70,14 @@ def to_job(doc: Doc, progress: Doc | None = None, queue_position: int = 0) -> jo
         expired=bool(doc.get("expired", False)),
         version=int(doc.get("version", 0)),
         video_deleted=bool(doc.get("video_deleted", False)),
+        options=json_format.ParseDict(
+            doc.get("options") or {}, options_pb2.ConversionOptions(), ignore_unknown_fields=True
+        ),
     )
+    if doc.get("source"):  # once a converter has probed the video
+        job.source.CopyFrom(
+            json_format.ParseDict(doc["source"], options_pb2.SourceInfo(), ignore_unknown_fields=True)
+        )
     for name in ("expires_at", "started_at", "finished_at"):
         if doc.get(name) is not None:
             getattr(job, name).CopyFrom(timestamp(doc[name]))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 # Fixture modules import each other; rewrite their asserts whichever is imported first.
-pytest.register_assert_rewrite("tests.fixtures", "tests.support", "tests.media")
+pytest.register_assert_rewrite("tests.fixtures", "tests.support", "tests.media", "tests.walkthrough")
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"

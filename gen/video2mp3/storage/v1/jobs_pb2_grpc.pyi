@@ -104,6 +104,10 @@ class JobServiceStub:
     while sending: the email may have gone out, so the job is marked notified and
     claimed=false (at most one email; see notifier/README.md).
     """
+    RecordSource: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RecordSourceRequest, _jobs_pb2.RecordSourceResponse]
+    """RecordSource stores what probing the job's video found (a converter calls it once the
+    video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -180,6 +184,10 @@ class JobServiceAsyncStub(JobServiceStub):
     (retry later: held=true). A lease that expired without a mark means its holder died
     while sending: the email may have gone out, so the job is marked notified and
     claimed=false (at most one email; see notifier/README.md).
+    """
+    RecordSource: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RecordSourceRequest, _jobs_pb2.RecordSourceResponse]  # type: ignore[assignment]
+    """RecordSource stores what probing the job's video found (a converter calls it once the
+    video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -338,6 +346,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         (retry later: held=true). A lease that expired without a mark means its holder died
         while sending: the email may have gone out, so the job is marked notified and
         claimed=false (at most one email; see notifier/README.md).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordSource(
+        self,
+        request: _jobs_pb2.RecordSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.RecordSourceResponse, _abc.Awaitable[_jobs_pb2.RecordSourceResponse]]:
+        """RecordSource stores what probing the job's video found (a converter calls it once the
+        video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
