@@ -59,6 +59,10 @@ manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.3
 test: infra k8s-tools bench-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: unit
+unit: bootstrap ## run the unit tests only: no server needed, under a minute (tests/conftest.py says what is a unit)
+	@$(PY) -m pytest -m unit -q -p no:cacheprovider $(PYTEST_ARGS)
+
 .PHONY: bench-tools
 bench-tools: ## install Debian's ffmpeg, the benchmarks' baseline (fast when done)
 	@bash benchmarks/install.sh

@@ -98,6 +98,7 @@ def test_xargs_ffmpeg_baseline_converts_every_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.system  # benchmarks.system starts the whole system without the tests' fixtures
 def test_system_sections_run_on_tiny_inputs(tmp_path: Path) -> None:
     from benchmarks import end_to_end, streaming
 
