@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.grpc_server import GrpcServer, create_server
-from tests.support import ROOT, free_port, port_open, wait_for
+from testing.processes import ROOT, free_port, port_open, wait_for
 
 SERVICE = "test.v1.EchoService"
 

@@ -17,10 +17,10 @@ from common.amqp import dead_queue
 from common.file_streams import UploadStream
 from common.grpc_client import insecure_channel
 from converter.spool import ROOT_NAME
+from testing.infra import Infra, rabbitmqctl
+from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
+from testing.processes import ServiceProcess, free_port, port_open, python_module, wait_for
 from tests.fixtures.converter import ConverterRunner, MediaCache
-from tests.fixtures.infra import Infra, rabbitmqctl
-from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
-from tests.support import ServiceProcess, free_port, port_open, python_module, wait_for
 from tests.test_converter_transcode import AUDIO_ONLY, MATRIX
 
 MP3_BUCKET = "mp3s"

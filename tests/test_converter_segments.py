@@ -22,7 +22,7 @@ import pytest
 
 from converter import mp3frames, segments
 from converter.transcode import Cancelled, EncodeOptions, Transcoder
-from tests.media import MediaSpec, make_media
+from testing.media import MediaSpec, make_media
 
 RATE = 44100
 DECODER_DELAY = 576 + 529  # LAME's encoder delay + the MPEG decoder's: where the input starts

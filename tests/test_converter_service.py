@@ -17,10 +17,10 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
 from common.amqp import dead_queue
 from converter.worker import GAVE_UP_REASON
+from testing.infra import Infra
+from testing.media import MediaSpec, random_file
+from testing.processes import ServiceProcess, python_module, wait_for
 from tests.fixtures.converter import ConverterRunner, FakeStorageServer, MediaCache
-from tests.fixtures.infra import Infra
-from tests.media import MediaSpec, random_file
-from tests.support import ServiceProcess, python_module, wait_for
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_sigterm_grace_over_cuts_off_and_the_job_is_redelivered(
 def test_health_endpoint(runner: ConverterRunner) -> None:
     import urllib.request
 
-    from tests.support import free_port
+    from testing.processes import free_port
 
     port = free_port()
     worker = runner.start(CONVERTER_HEALTH_PORT=str(port))

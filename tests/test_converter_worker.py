@@ -22,8 +22,8 @@ from common.config import SettingsError
 from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
+from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
 from tests.fixtures.converter import FakeStorageServer, MediaCache
-from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
 
 
 class RecordingPublisher:

@@ -21,8 +21,8 @@ from common.amqp import Delivery, Outcome, TransientError
 from notifier.mailer import Mailer, SmtpConfig
 from notifier.messages import parse_sender
 from notifier.worker import Notifier, WorkerConfig
+from testing.infra import Infra
 from tests.fixtures.auth import auth_env, unique_email
-from tests.fixtures.infra import Infra
 from tests.fixtures.notifier import FakeJobServer, ScriptedSmtp
 
 T = 10

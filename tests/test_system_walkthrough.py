@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.infra import Infra, SmtpSink
-from tests.media import audio_duration
-from tests.support import ROOT, free_port, port_open
+from testing.infra import Infra, SmtpSink
+from testing.media import audio_duration
+from testing.processes import ROOT, free_port, port_open
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,0 +1,57 @@
+"""The layout of the test code: tests and benchmarks share testing/ and do not import each
+other (the one exception is the benchmarks' own smoke test, whose subject they are)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from testing.processes import ROOT
+
+# The test of the benchmarks imports what it tests; no other test, and no helper, may.
+BENCHMARK_TESTS = {"tests/test_bench_smoke.py"}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages a module imports (also inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def python_files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import os\n\ndef f():\n    from tests.fixtures import infra\n    import benchmarks.media\n"
+    )
+    assert imported_packages(module) == {"os", "tests", "benchmarks"}
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "testing"])
+def test_benchmarks_and_the_support_package_never_import_the_tests(folder: str) -> None:
+    offenders = [str(p.relative_to(ROOT)) for p in python_files(folder) if "tests" in imported_packages(p)]
+    assert offenders == []
+
+
+def test_the_support_package_never_imports_the_benchmarks() -> None:
+    offenders = [
+        str(p.relative_to(ROOT)) for p in python_files("testing") if "benchmarks" in imported_packages(p)
+    ]
+    assert offenders == []
+
+
+def test_only_the_benchmarks_smoke_test_imports_the_benchmarks() -> None:
+    importing = {
+        str(p.relative_to(ROOT)) for p in python_files("tests") if "benchmarks" in imported_packages(p)
+    }
+    assert importing <= BENCHMARK_TESTS
