@@ -381,7 +381,7 @@ def test_settings_from_env() -> None:
     assert (settings.prefetch, settings.workers, settings.health_port) == (2, 3, 8081)
     options = settings.encode_options()
     assert (options.bitrate_kbps, options.vbr, options.max_duration_seconds) == (128, True, 60.0)
-    assert settings.consumer_settings().queue == "video"
+    assert settings.video_consumer().queue == "video"
     with pytest.raises(SettingsError, match="STORAGE_SVC_ADDRESS"):
         Settings.from_env({})
     with pytest.raises(SettingsError, match="bit rate"):
