@@ -145,13 +145,15 @@ def create_server(
     host: str = "127.0.0.1",
     max_workers: int = 16,
     max_message_bytes: int = 8 * 1024 * 1024,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Build (not start) a server. ``registrations`` pairs each full service name with a
-    function that adds its servicer. ``port=0`` picks a free port (for tests)."""
+    function that adds its servicer. ``port=0`` picks a free port (for tests); ``interceptors``
+    run after the request interceptor (tests inject faults with one)."""
     registrations = list(registrations)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[RequestInterceptor()],
+        interceptors=[RequestInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import grpc
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.grpc_server import GrpcServer
@@ -15,8 +18,11 @@ STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
-def create_server(settings: Settings, port: int | None = None) -> GrpcServer:
-    """Build (not start) the server; ``port=0`` picks a free port (tests)."""
+def create_server(
+    settings: Settings, port: int | None = None, interceptors: Iterable[grpc.ServerInterceptor] = ()
+) -> GrpcServer:
+    """Build (not start) the server; ``port=0`` picks a free port and ``interceptors`` inject
+    faults (tests)."""
     mongo = Mongo(settings)
     mongo.ensure_indexes()  # when MongoDB is not up yet, retried on first use
     storage = StorageServicer(mongo)
@@ -29,6 +35,7 @@ def create_server(settings: Settings, port: int | None = None) -> GrpcServer:
         port=settings.port if port is None else port,
         host=settings.bind_host,
         max_workers=settings.grpc_workers,
+        interceptors=interceptors,
     )
     srv.on_stop.append(mongo.close)
     return srv

@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.infra",
     "tests.fixtures.auth",
     "tests.fixtures.storage",
+    "tests.fixtures.faulty_storage",
     "tests.fixtures.storage_gateway",
     "tests.fixtures.converter",
     "tests.fixtures.notifier",

@@ -16,7 +16,7 @@ BENCHMARK_TESTS = {"tests/test_bench_smoke.py"}
 
 def imported_packages(path: Path) -> set[str]:
     """The top-level packages a module imports (also inside functions)."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
