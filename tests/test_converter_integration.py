@@ -160,8 +160,8 @@ def test_bad_media_fails_with_the_right_reason_and_the_worker_lives_on(
             media_cache.get(MediaSpec(container="webm", duration=2.0)), tmp_path / "cut.webm"
         ),
     }
-    # A zero-byte video never reaches a converter: storage refuses empty files (the handler
-    # tests cover a zero-byte spool with the in-memory storage).
+    # A zero-byte video never reaches a converter: storage refuses empty files (the
+    # transcoder's answer to one is tested in tests/test_converter_transcode.py).
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(grpc.RpcError) as refused:
