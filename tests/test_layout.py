@@ -55,3 +55,12 @@ def test_only_the_benchmarks_smoke_test_imports_the_benchmarks() -> None:
         str(p.relative_to(ROOT)) for p in python_files("tests") if "benchmarks" in imported_packages(p)
     }
     assert importing <= BENCHMARK_TESTS
+
+
+def test_every_fixture_module_is_listed_in_conftest() -> None:
+    from tests import conftest
+
+    modules = {
+        f"tests.fixtures.{p.stem}" for p in (ROOT / "tests/fixtures").glob("*.py") if p.stem != "__init__"
+    }
+    assert set(conftest.pytest_plugins) == modules, "list each tests/fixtures module in pytest_plugins"
