@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from testing.processes import ROOT
+from tests import conftest
+from tests.conftest import layer_of
 
 # The test of the benchmarks imports what it tests; no other test, and no helper, may.
 BENCHMARK_TESTS = {"tests/test_bench_smoke.py"}
@@ -58,9 +60,46 @@ def test_only_the_benchmarks_smoke_test_imports_the_benchmarks() -> None:
 
 
 def test_every_fixture_module_is_listed_in_conftest() -> None:
-    from tests import conftest
-
     modules = {
         f"tests.fixtures.{p.stem}" for p in (ROOT / "tests/fixtures").glob("*.py") if p.stem != "__init__"
     }
     assert set(conftest.pytest_plugins) == modules, "list each tests/fixtures module in pytest_plugins"
+
+
+class FakeItem:
+    """What ``layer_of`` reads of a collected test."""
+
+    def __init__(self, name: str, fixtures: tuple[str, ...], marks: tuple[str, ...] = ()) -> None:
+        self.path = ROOT / "tests" / name
+        self.fixturenames = list(fixtures)
+        self.nodeid = f"tests/{name}::test_x"
+        self.marks = marks
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return name if name in self.marks else None
+
+
+@pytest.mark.parametrize(
+    ("name", "fixtures", "marks", "layer"),
+    [
+        ("test_x.py", ("tmp_path",), (), "unit"),
+        ("test_x.py", ("tmp_path", "storage_service", "infra"), (), "integration"),
+        ("test_x.py", ("system", "infra"), (), "system"),
+        ("test_system_x.py", ("tmp_path",), (), "system"),
+        ("test_x.py", ("tmp_path",), ("system",), "system"),  # an explicit marker wins
+        ("test_x.py", ("infra",), ("unit",), "unit"),
+    ],
+)
+def test_the_layer_follows_the_fixtures_unless_marked(
+    name: str, fixtures: tuple[str, ...], marks: tuple[str, ...], layer: str
+) -> None:
+    assert layer_of(FakeItem(name, fixtures, marks)) == layer  # type: ignore[arg-type]
+
+
+def test_two_layers_on_one_test_are_refused() -> None:
+    with pytest.raises(pytest.UsageError, match="more than one layer"):
+        layer_of(FakeItem("test_x.py", (), ("unit", "system")))  # type: ignore[arg-type]
+
+
+def test_this_test_is_a_unit(request: pytest.FixtureRequest) -> None:
+    assert request.node.get_closest_marker("unit") is not None
