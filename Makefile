@@ -79,6 +79,10 @@ up: ## run the whole system on loopback (infrastructure + five services), wait u
 down: ## stop the services and the infrastructure that `make up` started
 	@bash dev/up.sh down
 
+.PHONY: certs
+certs: bootstrap ## make (if missing or expiring) the local CA and the services' mutual-TLS certificates in GRPC_TLS_DIR (make up does it too)
+	@source dev/defaults.env && $(PY) dev/certs.py "$$GRPC_TLS_DIR" && echo "certificates in $$GRPC_TLS_DIR"
+
 .PHONY: logs
 logs: ## follow the services' logs
 	@bash dev/up.sh logs

@@ -15,7 +15,9 @@ log = logging.getLogger("auth")
 def main(service: Service) -> int:
     settings = service.settings(Settings.from_env)
     try:
-        srv = create_server(settings, port=settings.port)
+        srv = service.settings(
+            lambda: create_server(settings, port=settings.port, health_port=settings.health_port or None)
+        )
     except CONNECTION_ERRORS as error:
         log.error("cannot reach MySQL at start-up; exiting", extra={"error": repr(error)})
         return 1

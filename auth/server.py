@@ -12,15 +12,21 @@ from common import grpc_server
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 
 
-def create_server(settings: Settings, port: int = 0) -> grpc_server.GrpcServer:
+def create_server(
+    settings: Settings, port: int = 0, health_port: int | None = None
+) -> grpc_server.GrpcServer:
     """Apply migrations and build (not start) the server; ``port=0`` picks a free port
-    (``python -m auth`` passes ``settings.port``)."""
+    (``python -m auth`` passes ``settings.port`` and ``settings.health_port``). Reads the
+    TLS files of ``GRPC_TLS_DIR``: SettingsError when one is missing."""
+    tls = settings.grpc_tls()
     db = Database(settings, max_idle=settings.grpc_max_workers)
     migrate_when_reachable(db, settings.mysql_startup_timeout)
     servicer = AuthServicer(settings, db)
     srv = grpc_server.create_server(
         [(SERVICE_NAME, lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server))],
         port=port,
+        tls=tls,
+        health_port=health_port,
         host=settings.bind_host,
         max_workers=settings.grpc_max_workers,
     )

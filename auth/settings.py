@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import PORT, EnvSettings, SettingsError, at_least, min_bytes, setting
+from common.grpc_tls import GrpcTls, tls_dir_setting
 
 # HS256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
@@ -15,6 +16,9 @@ class Settings(EnvSettings):
     bind_host: str = setting("BIND_HOST", "127.0.0.1")
     port: int = setting("AUTH_PORT", 5000, check=PORT)
     grpc_max_workers: int = setting("AUTH_GRPC_MAX_WORKERS", 16, check=at_least(1))
+    grpc_tls_dir: str = tls_dir_setting()
+    # Plaintext grpc.health.v1 only, for Kubernetes' gRPC probes (0: none).
+    health_port: int = setting("AUTH_HEALTH_PORT", 0, check=PORT)
     mysql_host: str = setting("MYSQL_HOST", "127.0.0.1")
     mysql_port: int = setting("MYSQL_PORT", 3306, check=PORT)
     mysql_user: str = setting("MYSQL_USER", "video2mp3")
@@ -40,6 +44,10 @@ class Settings(EnvSettings):
     login_max_failures_per_email: int = setting("LOGIN_MAX_FAILURES_PER_EMAIL", 5, check=at_least(1))
     login_max_failures_per_address: int = setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, check=at_least(1))
     stop_grace_seconds: float = setting("AUTH_STOP_GRACE_SECONDS", 10.0)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (auth), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "auth")
 
     def check(self) -> None:
         if self.argon2_memory_kib < 8 * self.argon2_parallelism:

@@ -107,7 +107,6 @@ def seed_download(system: System, owner_id: str, path: Path) -> str:
     from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
     from common.file_streams import UploadStream
-    from common.grpc_client import insecure_channel
 
     header = storage_pb2.UploadHeader(
         bucket=storage_pb2.BUCKET_MP3S,
@@ -121,7 +120,7 @@ def seed_download(system: System, owner_id: str, path: Path) -> str:
             while chunk := handle.read(STORAGE_CHUNK):
                 yield chunk
 
-    with insecure_channel(f"127.0.0.1:{system.ports['storage']}") as channel:
+    with system.infra.channel(f"127.0.0.1:{system.ports['storage']}", "gateway") as channel:
         stub = storage_pb2_grpc.StorageServiceStub(channel)
         response = stub.Upload(UploadStream(header, chunks()), timeout=3600)
     return str(response.file.id)

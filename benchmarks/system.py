@@ -140,13 +140,13 @@ class System:
         self._start(
             "storage",
             python_module("storage"),
-            lambda: grpc_serving(f"127.0.0.1:{self.ports['storage']}"),
+            lambda: grpc_serving(f"127.0.0.1:{self.ports['storage']}", self.infra.tls()),
             STORAGE_PORT=str(self.ports["storage"]),
         )
         self._start(
             "auth",
             python_module("auth"),
-            lambda: grpc_serving(f"127.0.0.1:{self.ports['auth']}"),
+            lambda: grpc_serving(f"127.0.0.1:{self.ports['auth']}", self.infra.tls()),
             AUTH_PORT=str(self.ports["auth"]),
         )
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))

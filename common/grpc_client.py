@@ -1,6 +1,7 @@
 """gRPC client side, one way for every caller (gateway, converter, notifier, tests):
-channels with keepalive, the deadlines, the request-id metadata, and ``is_transient`` —
-the one rule for which failed calls are worth trying again.
+channels with mutual TLS (common/grpc_tls.py) and keepalive, the deadlines, the
+request-id metadata, and ``is_transient`` — the one rule for which failed calls are worth
+trying again.
 
 The streaming helpers of StorageService (upload and download of files) are in
 ``common/file_streams.py``.
@@ -8,7 +9,12 @@ The streaming helpers of StorageService (upload and download of files) are in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from common.grpc_tls import GrpcTls
 
 # Every call gets a deadline; these are the defaults for quick calls and for streams.
 DEFAULT_TIMEOUT = 10.0
@@ -41,9 +47,12 @@ TRANSIENT_CODES = frozenset(
 )
 
 
-def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(
+def secure_channel(address: str, tls: GrpcTls) -> grpc.Channel:
+    """A channel to ``address`` (``host:port``) that presents ``tls``'s certificate and
+    trusts only servers with a certificate of the project CA for that host."""
+    return grpc.secure_channel(
         address,
+        tls.channel_credentials(),
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.max_send_message_length", 8 * 1024 * 1024),

@@ -1,9 +1,14 @@
 """gRPC server bootstrap shared by auth and storage.
 
 ``create_server`` builds a server with the standard health service (per-service status),
-server reflection and the request interceptor; ``GrpcServer.stop`` marks health
-NOT_SERVING, stops with a grace period and runs clean-up. A process runs it with
-``Service.serve_grpc`` (common/service.py), which waits for SIGTERM or SIGINT.
+server reflection, the request interceptor and the access interceptor; it listens with
+mutual TLS only (common/grpc_tls.py), and lets each caller call only what the permission
+table (common/grpc_permissions.py) gives it. ``health_port`` adds a plaintext listener
+that serves grpc.health.v1 and nothing else, for Kubernetes' gRPC probes (the kubelet
+cannot present a client certificate); it shares the health status of the main port.
+``GrpcServer.stop`` marks health NOT_SERVING, stops with a grace period and runs clean-up.
+A process runs it with ``Service.serve_grpc`` (common/service.py), which waits for
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.grpc_access import AccessInterceptor
 from common.grpc_client import REQUEST_ID_HEADER
+from common.grpc_permissions import PERMISSIONS, Table
+from common.grpc_tls import GrpcTls
 
 log = logging.getLogger("grpc")
 
@@ -120,6 +128,14 @@ class GrpcServer:
     port: int
     service_names: list[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # The plaintext health-only listener (None without one) and its port.
+    health_server: grpc.Server | None = None
+    health_port: int = 0
+
+    def start(self) -> None:
+        self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -132,6 +148,8 @@ class GrpcServer:
         """NOT_SERVING first (so probes drain traffic), then a graceful stop, then clean-up."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         for callback in self.on_stop:
             try:
                 callback()
@@ -142,18 +160,23 @@ class GrpcServer:
 def create_server(
     registrations: Iterable[tuple[str, Callable[[grpc.Server], None]]],
     port: int,
+    tls: GrpcTls,
     host: str = "127.0.0.1",
     max_workers: int = 16,
     max_message_bytes: int = 8 * 1024 * 1024,
+    health_port: int | None = None,
+    permissions: Table = PERMISSIONS,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Build (not start) a server. ``registrations`` pairs each full service name with a
-    function that adds its servicer. ``port=0`` picks a free port (for tests); ``interceptors``
-    run after the request interceptor (tests inject faults with one)."""
+    function that adds its servicer. ``port=0`` picks a free port (for tests);
+    ``health_port`` None: no health-only listener, 0: one on a free port; ``interceptors``
+    run after the access check (tests inject faults with one)."""
     registrations = list(registrations)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[RequestInterceptor(), *interceptors],
+        # The request interceptor is the outer one: refused calls are logged too.
+        interceptors=[RequestInterceptor(), AccessInterceptor(permissions), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -175,9 +198,24 @@ def create_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     result = GrpcServer(server=server, health=health_servicer, port=bound, service_names=names)
+    if health_port is not None:
+        result.health_server, result.health_port = _health_only_server(health_servicer, host, health_port)
     result.set_serving(False)
     return result
+
+
+def _health_only_server(servicer: health.HealthServicer, host: str, port: int) -> tuple[grpc.Server, int]:
+    """A plaintext listener serving grpc.health.v1 only (Check and Watch of the same status)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc-health"),
+        maximum_concurrent_rpcs=8,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} (health port)")
+    return server, bound

@@ -105,9 +105,16 @@ class Service:
     def serve_grpc(self, srv: GrpcServer, grace: float = 10.0) -> None:
         """Start, mark SERVING, wait for a signal; then NOT_SERVING, stop with ``grace``
         seconds for the calls in flight, and run the server's clean-up."""
-        srv.server.start()
+        srv.start()
         srv.set_serving(True)
-        log.info("serving", extra={"port": srv.port, "services": ",".join(srv.service_names)})
+        log.info(
+            "serving",
+            extra={
+                "port": srv.port,
+                "health_port": srv.health_port,
+                "services": ",".join(srv.service_names),
+            },
+        )
         self.wait()
         srv.stop(grace)
 

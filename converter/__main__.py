@@ -15,7 +15,7 @@ import logging
 import threading
 
 from common.amqp import Consumer, Publisher
-from common.grpc_client import insecure_channel
+from common.grpc_client import secure_channel
 from common.service import Service, run_service
 from converter.settings import Settings
 from converter.worker import Converter
@@ -25,7 +25,8 @@ log = logging.getLogger("converter")
 
 def main(service: Service) -> int:
     settings = service.settings(Settings.from_env)
-    channel = insecure_channel(settings.storage_address)
+    tls = service.settings(settings.grpc_tls)
+    channel = secure_channel(settings.storage_address, tls)
     service.closing(channel.close, "storage channel")
     publisher = Publisher(settings.rabbitmq_url, settings.topology())
     service.closing(publisher.close, "publisher")

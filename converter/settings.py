@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from common.amqp import ConsumerSettings
 from common.config import NOT_NEGATIVE, PORT, POSITIVE, SettingsError, at_least, setting
 from common.consumer_settings import ConsumerEnvSettings
+from common.grpc_tls import GrpcTls, tls_dir_setting
 from converter.transcode import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(ConsumerEnvSettings):
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    grpc_tls_dir: str = tls_dir_setting()
     # Each worker is one AMQP connection + consumer; each runs up to `prefetch` jobs at once.
     workers: int = setting("CONVERTER_WORKERS", 1, check=at_least(1))
     prefetch: int = setting("CONVERTER_PREFETCH", 1, check=at_least(1))
@@ -41,6 +43,10 @@ class Settings(ConsumerEnvSettings):
     # A job "converting" for longer than this is taken over by a fresh message for it (its
     # worker is gone and its message was lost); a job younger than this is left alone.
     takeover_after_seconds: float = setting("CONVERTER_TAKEOVER_AFTER_SECONDS", 3600.0)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (converter), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "converter")
 
     def check(self) -> None:
         try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system on loopback: infrastructure plus the five services (Procfile,
 # run by honcho in the background). `up` waits until every health check passes.
+# Internal gRPC is mutual TLS: the certificates are made once in $GRPC_TLS_DIR (dev/certs.py).
 #
 #   dev/up.sh up | down | logs | status
 set -euo pipefail
@@ -21,6 +22,8 @@ export NOTIFIER_HEALTH_PORT="${NOTIFIER_HEALTH_PORT:-8082}"
 up() {
   bash "$ROOT/dev/bootstrap.sh"
   INFRA_STARTED_LOG="$RUN/infra-started" bash "$ROOT/dev/infra.sh" up
+  export PATH="$ROOT/.venv/bin:$PATH" PYTHONPATH="$ROOT:$ROOT/gen"
+  "$PYTHON" "$ROOT/dev/certs.py" "$GRPC_TLS_DIR"
   if alive; then
     log "already running (pid $(cat "$PIDFILE")); 'make down' stops it"
   else
@@ -32,7 +35,7 @@ up() {
       JWT_SECRET="$(cat "$INFRA_DIR/jwt_secret")"
       export JWT_SECRET
     fi
-    export PATH="$ROOT/.venv/bin:$PATH" PYTHONPATH="$ROOT:$ROOT/gen" BIND_HOST=127.0.0.1
+    export BIND_HOST=127.0.0.1
     log "starting the services (logs: $LOG)"
     cd "$ROOT"
     setsid "$ROOT/.venv/bin/honcho" start -f "$ROOT/Procfile" </dev/null >>"$LOG" 2>&1 &
@@ -43,7 +46,9 @@ up() {
 
   video2mp3 is up.
     gateway       $PUBLIC_BASE_URL   (try: curl $PUBLIC_BASE_URL/healthz)
-    auth (gRPC)   $AUTH_SVC_ADDRESS  (grpcurl: .venv/bin/grpcurl -plaintext $AUTH_SVC_ADDRESS list)
+    auth (gRPC)   $AUTH_SVC_ADDRESS  (mutual TLS; as the operator:
+                  .venv/bin/grpcurl -cacert $GRPC_TLS_DIR/ca.crt -cert $GRPC_TLS_DIR/operator.crt \\
+                    -key $GRPC_TLS_DIR/operator.key $AUTH_SVC_ADDRESS list)
     storage(gRPC) $STORAGE_SVC_ADDRESS
     emails        every message the system sends is a file in $SMTP_SINK_DIR
                   (newest: ls -t $SMTP_SINK_DIR/*.eml | head -1)

@@ -30,11 +30,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     environment and JSON logging is set up; nothing connects to a backend here."""
     if settings is None:
         setup_logging("gateway")
-        try:
-            settings = Settings.from_env()
-        except SettingsError as error:
-            exit_on_settings_error("gateway", error)
-            raise  # unreachable: exit_on_settings_error exits
+    try:
+        settings = Settings.from_env() if settings is None else settings
+        tls = settings.grpc_tls()  # read once, before gunicorn forks its workers
+    except SettingsError as error:
+        exit_on_settings_error("gateway", error)
+        raise  # unreachable: exit_on_settings_error exits
 
     app = Flask("gateway")
     app.config.update(
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["video2mp3.settings"] = settings
-    app.extensions[EXTENSION] = Clients(settings)
+    app.extensions[EXTENSION] = Clients(settings, tls)
     sweeper = Sweeper(app.extensions[EXTENSION], settings)
     app.extensions["video2mp3.sweeper"] = sweeper
     if settings.trusted_proxy_count:

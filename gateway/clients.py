@@ -20,7 +20,8 @@ from video2mp3.auth.v1 import auth_pb2_grpc
 from video2mp3.storage.v1 import jobs_pb2_grpc, storage_pb2_grpc
 
 from common.amqp import Publisher
-from common.grpc_client import insecure_channel, request_metadata
+from common.grpc_client import request_metadata, secure_channel
+from common.grpc_tls import GrpcTls
 from gateway.settings import Settings
 
 EXTENSION = "video2mp3.clients"
@@ -28,8 +29,9 @@ S = TypeVar("S")
 
 
 class Clients:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tls: GrpcTls) -> None:
         self.settings = settings
+        self.tls = tls
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._channels: dict[str, grpc.Channel] = {}
@@ -49,7 +51,7 @@ class Clients:
             self._check_fork()
             channel = self._channels.get(backend)
             if channel is None:
-                channel = insecure_channel(self._addresses[backend])
+                channel = secure_channel(self._addresses[backend], self.tls)
                 self._channels[backend] = channel
             return channel
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config import NOT_NEGATIVE, PORT, POSITIVE, EnvSettings, at_least, rabbitmq_setting, setting
+from common.grpc_tls import GrpcTls, tls_dir_setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -13,6 +14,7 @@ class Settings(EnvSettings):
     port: int = setting("GATEWAY_PORT", 8080, check=PORT)
     auth_address: str = setting("AUTH_SVC_ADDRESS", "127.0.0.1:5000")
     storage_address: str = setting("STORAGE_SVC_ADDRESS", "127.0.0.1:5001")
+    grpc_tls_dir: str = tls_dir_setting()
     rabbitmq_url: str = rabbitmq_setting()
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 512 * 1024 * 1024, check=POSITIVE)
     public_base_url: str = setting(
@@ -33,3 +35,7 @@ class Settings(EnvSettings):
     requeue_after_seconds: int = setting("REQUEUE_AFTER_SECONDS", 300, check=at_least(1))
     # … checked this often by every gateway process (0 turns the sweeper off).
     sweep_interval_seconds: float = setting("SWEEP_INTERVAL_SECONDS", 60.0, check=NOT_NEGATIVE)
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (gateway), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "gateway")

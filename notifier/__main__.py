@@ -11,7 +11,7 @@ from video2mp3.auth.v1 import auth_pb2_grpc
 from video2mp3.storage.v1 import jobs_pb2_grpc
 
 from common.amqp import Consumer
-from common.grpc_client import insecure_channel
+from common.grpc_client import secure_channel
 from common.service import Service, run_service
 from notifier.mailer import Mailer, SmtpConfig
 from notifier.messages import parse_sender
@@ -24,9 +24,10 @@ log = logging.getLogger("notifier")
 def build_consumer(settings: Settings, service: Service) -> Consumer:
     """The consumer; the gRPC channels it uses are closed when the process ends."""
     sender = parse_sender(settings.mail_from)
-    auth_channel = insecure_channel(settings.auth_address)
+    tls = service.settings(settings.grpc_tls)
+    auth_channel = secure_channel(settings.auth_address, tls)
     service.closing(auth_channel.close, "auth channel")
-    storage_channel = insecure_channel(settings.storage_address)
+    storage_channel = secure_channel(settings.storage_address, tls)
     service.closing(storage_channel.close, "storage channel")
     mailer = Mailer(
         SmtpConfig(

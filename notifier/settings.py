@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from common.config import PORT, SettingsError, at_least, one_of, setting, starts_with
 from common.consumer_settings import ConsumerEnvSettings
+from common.grpc_tls import GrpcTls, tls_dir_setting
 from notifier.messages import InvalidAddress, parse_sender
 
 SECURITY_MODES = ("none", "starttls", "ssl")
@@ -30,6 +31,7 @@ class Settings(ConsumerEnvSettings):
     )
     auth_address: str = setting("AUTH_SVC_ADDRESS")
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
+    grpc_tls_dir: str = tls_dir_setting()
     prefetch: int = setting("NOTIFIER_PREFETCH", 4, check=at_least(1))
     max_attempts: int = setting("NOTIFIER_MAX_ATTEMPTS", 10, check=at_least(1))
     retry_base_seconds: float = setting("NOTIFIER_RETRY_BASE_SECONDS", 5.0)
@@ -41,6 +43,10 @@ class Settings(ConsumerEnvSettings):
     def __post_init__(self) -> None:
         if self.smtp_port == 0:
             object.__setattr__(self, "smtp_port", DEFAULT_SMTP_PORTS.get(self.smtp_security, 25))
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (notifier), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "notifier")
 
     def check(self) -> None:
         if self.smtp_username and not self.smtp_password:

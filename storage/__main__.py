@@ -9,7 +9,7 @@ from storage.settings import Settings
 
 def main(service: Service) -> None:
     settings = service.settings(Settings.from_env)
-    service.serve_grpc(create_server(settings))
+    service.serve_grpc(service.settings(lambda: create_server(settings)))
 
 
 if __name__ == "__main__":

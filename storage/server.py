@@ -19,10 +19,18 @@ JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
 def create_server(
-    settings: Settings, port: int | None = None, interceptors: Iterable[grpc.ServerInterceptor] = ()
+    settings: Settings,
+    port: int | None = None,
+    health_port: int | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Build (not start) the server; ``port=0`` picks a free port and ``interceptors`` inject
-    faults (tests)."""
+    faults (tests); without ``port`` the settings' ports (``STORAGE_PORT``,
+    ``STORAGE_HEALTH_PORT``). Reads the TLS files of ``GRPC_TLS_DIR``: SettingsError when one
+    is missing."""
+    tls = settings.grpc_tls()
+    if port is None:
+        port, health_port = settings.port, settings.health_port or None
     mongo = Mongo(settings)
     mongo.ensure_indexes()  # when MongoDB is not up yet, retried on first use
     storage = StorageServicer(mongo)
@@ -32,7 +40,9 @@ def create_server(
             (STORAGE_SERVICE, lambda s: storage_pb2_grpc.add_StorageServiceServicer_to_server(storage, s)),
             (JOB_SERVICE, lambda s: jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, s)),
         ],
-        port=settings.port if port is None else port,
+        port=port,
+        tls=tls,
+        health_port=health_port,
         host=settings.bind_host,
         max_workers=settings.grpc_workers,
         interceptors=interceptors,

@@ -14,6 +14,7 @@ from common.config import (
     mongo_setting,
     setting,
 )
+from common.grpc_tls import GrpcTls, tls_dir_setting
 
 MIB = 1024 * 1024
 
@@ -22,6 +23,9 @@ MIB = 1024 * 1024
 class Settings(EnvSettings):
     bind_host: str = setting("BIND_HOST", "127.0.0.1")
     port: int = setting("STORAGE_PORT", 5001, check=PORT)
+    grpc_tls_dir: str = tls_dir_setting()
+    # Plaintext grpc.health.v1 only, for Kubernetes' gRPC probes (0: none).
+    health_port: int = setting("STORAGE_HEALTH_PORT", 0, check=PORT)
     mongo_uri: str = mongo_setting()
     mongo_db: str = setting("MONGO_DB", "video2mp3")
     video_bucket: str = setting("VIDEO_BUCKET", "videos")
@@ -38,6 +42,10 @@ class Settings(EnvSettings):
     # How long a MongoDB operation may wait for a server before answering UNAVAILABLE.
     mongo_timeout_ms: int = setting("MONGO_TIMEOUT_MS", 5000)
     grpc_workers: int = setting("STORAGE_GRPC_WORKERS", 32, check=at_least(2))
+
+    def grpc_tls(self) -> GrpcTls:
+        """This process's certificate (storage), the CA's, and its key (common/grpc_tls.py)."""
+        return GrpcTls.load(self.grpc_tls_dir, "storage")
 
     def check(self) -> None:
         if self.video_bucket == self.mp3_bucket:

@@ -3,6 +3,8 @@
 The servers are shared (started once by ``dev/infra.sh up``); each test session gets
 its own MySQL database, MongoDB database, RabbitMQ virtual host and SMTP sink, so
 several test runs and a ``make up`` system can use the same servers side by side.
+Each session also makes its own project CA and certificates (dev/certs.py): every gRPC
+server and client of the tests speaks mutual TLS, as in production.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
+import grpc
 import pika
 import pymongo
 import pymysql
 
+from common.grpc_client import secure_channel
+from common.grpc_tls import GrpcTls
+from dev.certs import ensure_certificates
 from testing.processes import ROOT, ServiceProcess, free_port, port_open, python_module, wait_for
 
 
@@ -55,7 +61,28 @@ class Infra:
     mongo_db: str
     vhost: str
     work_dir: Path
+    tls_dir: Path
     _extra: dict[str, str] = field(default_factory=dict)
+
+    def tls(self, identity: str = "operator") -> GrpcTls:
+        """The session's certificate of ``identity`` (gateway, converter, … operator)."""
+        return GrpcTls.load(self.tls_dir, identity)
+
+    def channel(self, address: str, identity: str = "operator") -> grpc.Channel:
+        """A mutual-TLS channel as ``identity``; the operator may call every method."""
+        return secure_channel(address, self.tls(identity))
+
+    def grpcurl_tls(self, identity: str = "operator") -> list[str]:
+        """grpcurl's arguments for mutual TLS as ``identity`` (as the README shows)."""
+        d = self.tls_dir
+        return [
+            "-cacert",
+            str(d / "ca.crt"),
+            "-cert",
+            str(d / f"{identity}.crt"),
+            "-key",
+            str(d / f"{identity}.key"),
+        ]
 
     @property
     def rabbitmq_url(self) -> str:
@@ -81,6 +108,7 @@ class Infra:
             "RABBITMQ_URL": self.rabbitmq_url,
             "JWT_SECRET": self._extra.setdefault("JWT_SECRET", secrets.token_urlsafe(48)),
             "LOG_LEVEL": "INFO",
+            "GRPC_TLS_DIR": str(self.tls_dir),
         }
         base.update(overrides)
         return base
@@ -124,7 +152,9 @@ def infra_slice(work_dir: Path, kind: str = "test") -> Iterator[Infra]:
         mongo_db=f"video2mp3_{kind}_{run_id}",
         vhost=f"video2mp3-{kind}-{run_id}",
         work_dir=work_dir,
+        tls_dir=work_dir / "certs",
     )
+    ensure_certificates(result.tls_dir)
     admin = pymysql.connect(
         host=env["MYSQL_HOST"],
         port=int(env["MYSQL_PORT"]),

@@ -1,4 +1,5 @@
-"""``python -m auth`` as a real process: grpcurl sees it, health says SERVING, SIGTERM stops it."""
+"""``python -m auth`` as a real process: grpcurl sees it (with the operator's certificate),
+health says SERVING, SIGTERM stops it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2 as pb
 from video2mp3.auth.v1 import auth_pb2_grpc
@@ -28,8 +28,8 @@ def grpcurl(*args: str) -> str:
     return result.stdout
 
 
-def serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def serving(infra: Any, port: int) -> bool:
+    with infra.channel(f"127.0.0.1:{port}") as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=1
         )
@@ -43,31 +43,35 @@ def test_auth_process_grpcurl_health_and_graceful_stop(infra: Any, tmp_path: Pat
     proc = ServiceProcess("auth", python_module("auth"), env, tmp_path)
     proc.start()
     try:
-        wait_for(lambda: serving(port), timeout=30, what="auth SERVING")
-        services = grpcurl("-plaintext", f"127.0.0.1:{port}", "list").split()
+        wait_for(lambda: serving(infra, port), timeout=30, what="auth SERVING")
+        services = grpcurl(*infra.grpcurl_tls(), f"127.0.0.1:{port}", "list").split()
         assert "video2mp3.auth.v1.AuthService" in services
         assert "grpc.health.v1.Health" in services
         for service in ("", "video2mp3.auth.v1.AuthService"):
             out = grpcurl(
-                "-plaintext",
+                *infra.grpcurl_tls(),
                 "-d",
                 json.dumps({"service": service}),
                 f"127.0.0.1:{port}",
                 "grpc.health.v1.Health/Check",
             )
             assert json.loads(out)["status"] == "SERVING"
-        methods = grpcurl("-plaintext", f"127.0.0.1:{port}", "describe", "video2mp3.auth.v1.AuthService")
+        methods = grpcurl(
+            *infra.grpcurl_tls(), f"127.0.0.1:{port}", "describe", "video2mp3.auth.v1.AuthService"
+        )
         for rpc in ("Register", "Login", "ValidateToken", "IssueDownloadToken", "ValidateDownloadToken"):
             assert f"rpc {rpc}" in methods
 
         # A call through grpcurl reaches MySQL and answers with a real status.
         email = unique_email()
         body = json.dumps({"email": email, "password": "a perfectly fine passphrase"})
-        out = grpcurl("-plaintext", "-d", body, f"127.0.0.1:{port}", "video2mp3.auth.v1.AuthService/Register")
+        out = grpcurl(
+            *infra.grpcurl_tls(), "-d", body, f"127.0.0.1:{port}", "video2mp3.auth.v1.AuthService/Register"
+        )
         assert json.loads(out)["user"]["email"] == email
 
         # SIGTERM during a call: the call finishes, the process exits 0.
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with infra.channel(f"127.0.0.1:{port}", "gateway") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             request = pb.LoginRequest(email=email, password="a perfectly fine passphrase")
             stub.Login(request, timeout=10)  # connected, and the timing is known

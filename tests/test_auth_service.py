@@ -319,9 +319,9 @@ def test_throttle_state_is_shared_through_mysql(infra: Any, auth_stub: Any, auth
     for _ in range(auth_settings.login_max_failures_per_email):
         code_of(lambda: login(auth_stub, email, "wrong passphrase!"))
     replica = create_server(auth_settings, port=0)
-    replica.server.start()
+    replica.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
+        with infra.channel(f"127.0.0.1:{replica.port}") as channel:
             other = auth_pb2_grpc.AuthServiceStub(channel)
             assert code_of(lambda: login(other, email)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
@@ -331,9 +331,9 @@ def test_throttle_state_is_shared_through_mysql(infra: Any, auth_stub: Any, auth
 def test_failures_age_out_of_the_window(infra: Any, auth_settings: Settings) -> None:
     settings = dataclasses.replace(auth_settings, login_window_seconds=1, login_max_failures_per_email=2)
     srv = create_server(settings, port=0)
-    srv.server.start()
+    srv.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        with infra.channel(f"127.0.0.1:{srv.port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             email = unique_email()
             register(stub, email)
@@ -448,9 +448,9 @@ def test_bad_access_tokens_are_rejected(auth_stub: Any, auth_settings: Settings,
 def test_real_tokens_expire(infra: Any, auth_settings: Settings) -> None:
     settings = dataclasses.replace(auth_settings, access_token_ttl=1, jwt_leeway_seconds=0)
     srv = create_server(settings, port=0)
-    srv.server.start()
+    srv.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        with infra.channel(f"127.0.0.1:{srv.port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             email = unique_email()
             register(stub, email)
@@ -547,9 +547,9 @@ def test_password_is_rehashed_on_login_when_parameters_change(
     assert "m=256,t=1,p=1" in old_hash
     stronger = dataclasses.replace(auth_settings, argon2_time_cost=2, argon2_memory_kib=512)
     srv = create_server(stronger, port=0)
-    srv.server.start()
+    srv.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        with infra.channel(f"127.0.0.1:{srv.port}") as channel:
             login(auth_pb2_grpc.AuthServiceStub(channel), email)
     finally:
         srv.stop(0.5)
@@ -617,7 +617,7 @@ def test_migrations_are_versioned_idempotent_and_safe_concurrently(
         admin.close()
 
 
-def test_database_outage_is_unavailable(auth_settings: Settings) -> None:
+def test_database_outage_is_unavailable(infra: Any, auth_settings: Settings) -> None:
     from auth.server import SERVICE_NAME
     from auth.service import AuthServicer
     from common import grpc_server
@@ -629,10 +629,11 @@ def test_database_outage_is_unavailable(auth_settings: Settings) -> None:
     srv = grpc_server.create_server(
         [(SERVICE_NAME, lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server))],
         port=0,
+        tls=infra.tls("auth"),
     )
-    srv.server.start()
+    srv.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        with infra.channel(f"127.0.0.1:{srv.port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             error = error_of(lambda: login(stub, unique_email()))
             assert error.code() == grpc.StatusCode.UNAVAILABLE

@@ -13,10 +13,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.grpc_permissions import GATEWAY, OPERATOR, PERMISSIONS
 from common.grpc_server import GrpcServer, create_server
+from testing.infra import Infra
 from testing.processes import ROOT, free_port, port_open, wait_for
 
 SERVICE = "test.v1.EchoService"
+# The project's table, and a row for the echo service.
+TABLE = {**PERMISSIONS, SERVICE: {"Echo": frozenset({GATEWAY, OPERATOR})}}
 
 
 def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -35,22 +39,22 @@ def _add_echo(server: grpc.Server) -> None:
 
 
 @pytest.fixture
-def echo_server() -> Iterator[GrpcServer]:
-    srv = create_server([(SERVICE, _add_echo)], port=0)
-    srv.server.start()
+def echo_server(infra: Infra) -> Iterator[GrpcServer]:
+    srv = create_server([(SERVICE, _add_echo)], port=0, tls=infra.tls("auth"), permissions=TABLE)
+    srv.start()
     srv.set_serving(True)
     yield srv
     srv.stop(grace=1)
 
 
-def call(srv: GrpcServer, payload: bytes) -> bytes:
-    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+def call(infra: Infra, srv: GrpcServer, payload: bytes) -> bytes:
+    with infra.channel(f"127.0.0.1:{srv.port}", GATEWAY) as channel:
         echo = channel.unary_unary(f"/{SERVICE}/Echo")
         return bytes(echo(payload, timeout=5))
 
 
-def test_health_reports_each_service(echo_server: GrpcServer) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{echo_server.port}") as channel:
+def test_health_reports_each_service(infra: Infra, echo_server: GrpcServer) -> None:
+    with infra.channel(f"127.0.0.1:{echo_server.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in (SERVICE, ""):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -63,22 +67,27 @@ def test_health_reports_each_service(echo_server: GrpcServer) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_errors_keep_their_code_and_hide_internals(echo_server: GrpcServer) -> None:
-    assert call(echo_server, b"hi") == b"hi"
+def test_errors_keep_their_code_and_hide_internals(infra: Infra, echo_server: GrpcServer) -> None:
+    assert call(infra, echo_server, b"hi") == b"hi"
     with pytest.raises(grpc.RpcError) as aborted:
-        call(echo_server, b"abort")
+        call(infra, echo_server, b"abort")
     assert aborted.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert aborted.value.details() == "bad echo"
     with pytest.raises(grpc.RpcError) as crashed:
-        call(echo_server, b"boom")
+        call(infra, echo_server, b"boom")
     assert crashed.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (crashed.value.details() or "")
 
 
-def test_reflection_lists_services(echo_server: GrpcServer) -> None:
+def test_reflection_lists_services(infra: Infra, echo_server: GrpcServer) -> None:
     grpcurl = ROOT / ".venv/bin/grpcurl"
     out = subprocess.run(
-        [str(grpcurl), "-plaintext", f"127.0.0.1:{echo_server.port}", "list"],
+        [
+            str(grpcurl),
+            *infra.grpcurl_tls(),
+            f"127.0.0.1:{echo_server.port}",
+            "list",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -88,16 +97,18 @@ def test_reflection_lists_services(echo_server: GrpcServer) -> None:
     assert "grpc.health.v1.Health" in out
 
 
-def test_sigterm_stops_gracefully_with_json_logs(tmp_path: object) -> None:
+def test_sigterm_stops_gracefully_with_json_logs(infra: Infra) -> None:
     port = free_port()
     script = textwrap.dedent(f"""
         import logging
         from common.grpc_server import create_server
+        from common.grpc_tls import GrpcTls
         from common.service import run_service
 
         def main(service):
             service.closing(lambda: logging.getLogger("probe").info("closed"))
-            service.serve_grpc(create_server([], port={port}), grace=1)
+            tls = GrpcTls.load("{infra.tls_dir}", "auth")
+            service.serve_grpc(create_server([], port={port}, tls=tls), grace=1)
 
         run_service("probe", main)
     """)
@@ -122,15 +133,37 @@ def test_sigterm_stops_gracefully_with_json_logs(tmp_path: object) -> None:
     assert all(line["service"] == "probe" and "severity" in line and "time" in line for line in lines)
 
 
-def test_is_transient_tells_answers_from_outages(echo_server: GrpcServer) -> None:
+def test_is_transient_tells_answers_from_outages(infra: Infra, echo_server: GrpcServer) -> None:
     from common.grpc_client import is_transient
 
     with pytest.raises(grpc.RpcError) as answered:
-        call(echo_server, b"abort")  # INVALID_ARGUMENT: the same call gets the same answer
+        call(infra, echo_server, b"abort")  # INVALID_ARGUMENT: the same call gets the same answer
     assert not is_transient(answered.value)
     with pytest.raises(grpc.RpcError) as crashed:
-        call(echo_server, b"boom")  # INTERNAL: a server bug or restart, worth a bounded retry
+        call(infra, echo_server, b"boom")  # INTERNAL: a server bug or restart, worth a bounded retry
     assert is_transient(crashed.value)
-    with grpc.insecure_channel(f"127.0.0.1:{free_port()}") as channel, pytest.raises(grpc.RpcError) as down:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{free_port()}") as channel,
+        pytest.raises(grpc.RpcError) as down,
+    ):
         channel.unary_unary(f"/{SERVICE}/Echo")(b"x", timeout=5)
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE and is_transient(down.value)
+
+
+def test_a_method_missing_from_the_table_is_refused_to_everyone_and_logged(
+    infra: Infra, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new RPC merged without its row: PERMISSION_DENIED for every caller, an ERROR line."""
+    srv = create_server([(SERVICE, _add_echo)], port=0, tls=infra.tls("auth"))  # the project's table
+    srv.start()
+    try:
+        for identity in ("operator", "gateway"):
+            with infra.channel(f"127.0.0.1:{srv.port}", identity) as channel:
+                with pytest.raises(grpc.RpcError) as refused:
+                    channel.unary_unary(f"/{SERVICE}/Echo")(b"hi", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        srv.stop(grace=1)
+    missing = [r for r in caplog.records if "missing from the permission table" in r.getMessage()]
+    assert missing and all(r.levelname == "ERROR" for r in missing)
+    assert missing[0].method == f"/{SERVICE}/Echo"  # type: ignore[attr-defined]

@@ -15,7 +15,6 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 
 from common.amqp import dead_queue
 from common.file_streams import UploadStream
-from common.grpc_client import insecure_channel
 from converter.spool import ROOT_NAME
 from testing.infra import Infra, rabbitmqctl
 from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
@@ -36,7 +35,7 @@ class StorageProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.process: ServiceProcess | None = None
         self.starts = 0
-        self.channel = insecure_channel(self.address)
+        self.channel = infra.channel(self.address)
         self.files = storage_pb2_grpc.StorageServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.mongo: pymongo.MongoClient = infra.mongo()

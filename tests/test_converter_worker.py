@@ -21,6 +21,7 @@ from common.config import SettingsError
 from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
+from testing.infra import Infra
 from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
 from tests.fixtures.converter import MediaCache
 from tests.fixtures.faulty_storage import FaultyStorage
@@ -69,16 +70,19 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 
 
 @pytest.fixture
-def env(faulty_storage: FaultyStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Env]:
+def env(
+    infra: Infra, faulty_storage: FaultyStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
     settings = Settings(
         storage_address=faulty_storage.address,
+        grpc_tls_dir=str(infra.tls_dir),
         rabbitmq_url="amqp://unused",
         tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
-    channel = grpc.insecure_channel(faulty_storage.address)
+    channel = infra.channel(faulty_storage.address, "converter")
     publisher = RecordingPublisher()
     converter = Converter(settings, channel, publisher)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,9 @@ MANIFESTS = ROOT / "manifests"
 NAMESPACE = "video2mp3"
 SERVICES = ("gateway", "auth", "storage", "converter", "notifier")
 GRPC_SERVICES = {"auth": "video2mp3.auth.v1.AuthService", "storage": "video2mp3.storage.v1.StorageService"}
+# The plaintext health-only port of each gRPC service, for the kubelet's probes.
+HEALTH_PORT_SETTING = {"auth": "AUTH_HEALTH_PORT", "storage": "STORAGE_HEALTH_PORT"}
+TLS_DIR = "/etc/video2mp3/tls"
 WORKERS = ("converter", "notifier")
 # The port each service listens on, by the name of the setting that sets it.
 PORT_SETTING = {
@@ -136,11 +140,17 @@ def copy_manifests(dest: Path) -> Path:
     target = dest / "manifests"
 
     def operator_files(directory: str, names: list[str]) -> set[str]:
-        return {n for n in names if n.endswith(".env")} if Path(directory).name == "secrets" else set()
+        if Path(directory).name != "secrets":
+            return set()
+        return {n for n in names if n.endswith(".env") or n == "tls"}
 
     shutil.copytree(MANIFESTS, target, ignore=operator_files)
     made = subprocess.run(
-        ["bash", str(target / "secrets" / "generate.sh")], capture_output=True, text=True, check=False
+        ["bash", str(target / "secrets" / "generate.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "VIDEO2MP3_ROOT": str(ROOT)},  # where dev/certs.py is
     )
     assert made.returncode == 0, made.stderr
     return target
@@ -391,8 +401,12 @@ def test_service_ports_match_container_ports_and_settings(base: Rendered, servic
     assert port["name"] == ("grpc" if service in GRPC_SERVICES else "http")
     assert container_port(base, service, port["targetPort"]) == port["port"]
     assert int(base.pod_env(service)[PORT_SETTING[service]]) == port["port"]
-    (container_ports,) = base.container(service)["ports"]
-    assert container_ports["name"] == port["name"]
+    container_ports = base.container(service)["ports"]
+    assert container_ports[0]["name"] == port["name"]
+    if service in GRPC_SERVICES:  # and the health-only port, which no Service exposes
+        assert [p["name"] for p in container_ports] == ["grpc", "grpc-health"]
+    else:
+        assert len(container_ports) == 1
     if service not in WORKERS:  # the workers' health servers listen on every address
         assert base.pod_env(service)["BIND_HOST"] == "0.0.0.0", "reachable from outside the pod"
 
@@ -578,7 +592,7 @@ def test_generated_secrets_hold_no_placeholder_and_examples_no_credential(base: 
     )
     assert ignored.returncode == 0, "manifests/secrets/*.env must be ignored by git"
     for secret in base.of_kind("Secret"):
-        assert re.fullmatch(r"[a-z]+-secrets-[a-z0-9]{10}", secret["metadata"]["name"])
+        assert re.fullmatch(r"[a-z]+-(secrets|tls)-[a-z0-9]{10}", secret["metadata"]["name"])
 
 
 # ---------------------------------------------------------------- pods: probes and security
@@ -590,7 +604,12 @@ def test_probes(base: Rendered, service: str) -> None:
     live, ready = container["livenessProbe"], container["readinessProbe"]
     port = container["ports"][0]["containerPort"]
     if service in GRPC_SERVICES:
-        assert live["grpc"]["port"] == ready["grpc"]["port"] == port
+        # The kubelet cannot present a client certificate: the probes ask the plaintext
+        # health-only port (common/grpc_server.py), never the mutual-TLS one.
+        health_port = container_port(base, service, "grpc-health")
+        assert int(base.pod_env(service)[HEALTH_PORT_SETTING[service]]) == health_port != port
+        assert live["grpc"]["port"] == ready["grpc"]["port"] == container["startupProbe"]["grpc"]["port"]
+        assert live["grpc"]["port"] == health_port
         assert live["grpc"].get("service", "") == "", "liveness asks the server, not a dependency"
         assert ready["grpc"]["service"] == GRPC_SERVICES[service]
     else:
@@ -675,3 +694,47 @@ def base_pod_user(service: str) -> int:
     match = re.search(r"runAsUser: (\d+)", text)
     assert match
     return int(match.group(1))
+
+
+# ---------------------------------------------------------------- mutual TLS of internal gRPC
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_gets_its_own_certificate_and_nothing_more(base: Rendered, service: str) -> None:
+    """The Secret NAME-tls holds the CA certificate and the service's own certificate and key
+    (never the CA's key, never another identity's), mounted read-only where GRPC_TLS_DIR says."""
+    from cryptography import x509
+
+    container = base.container(service)
+    assert base.pod_env(service)["GRPC_TLS_DIR"] == TLS_DIR
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR]
+    assert mount.get("readOnly") is True
+    pod = base.workload(service)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = base.get("Secret", volume["secret"]["secretName"])
+    assert secret["metadata"]["name"].startswith(f"{service}-tls-")
+    assert volume["secret"]["defaultMode"] == 0o440
+    files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert set(files) == {"ca.crt", f"{service}.crt", f"{service}.key"}
+    ca = x509.load_pem_x509_certificate(files["ca.crt"])
+    cert = x509.load_pem_x509_certificate(files[f"{service}.crt"])
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == service
+    if service in GRPC_SERVICES:  # valid for the address its callers are given
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = set(names.get_values_for_type(x509.DNSName))
+        assert {service, f"{service}.{NAMESPACE}.svc", f"{service}.{NAMESPACE}.svc.cluster.local"} <= dns
+        for caller, setting, host, _ in addresses(base):
+            if host == service:
+                assert host in dns, f"{caller} {setting}: {host} is not in {service}'s certificate"
+
+
+def test_certificates_are_generated_never_committed() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "manifests/secrets"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [p for p in tracked if p.endswith((".key", ".crt", ".pem"))]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "manifests/secrets/tls/ca.key"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "manifests/secrets/tls/ must be ignored by git"

@@ -142,6 +142,7 @@ def notifier_process(
         "SMTP_TIMEOUT_SECONDS": "3",
         "NOTIFIER_HEALTH_PORT": str(health_port),
         "LOG_LEVEL": "INFO",
+        "GRPC_TLS_DIR": str(infra.tls_dir),
     }
     process = ServiceProcess(f"notifier-{health_port}", python_module("notifier"), env, tmp_path)
     process.start()

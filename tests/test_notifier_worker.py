@@ -137,9 +137,9 @@ def strict_auth(infra: Infra) -> Iterator[auth_pb2_grpc.AuthServiceStub]:
     from auth.settings import Settings
 
     srv = create_server(Settings.from_env(auth_env(infra, JWT_LEEWAY_SECONDS="0")), port=0)
-    srv.server.start()
+    srv.start()
     srv.set_serving(True)
-    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    channel = infra.channel(f"127.0.0.1:{srv.port}")
     try:
         yield auth_pb2_grpc.AuthServiceStub(channel)
     finally:

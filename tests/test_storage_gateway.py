@@ -272,6 +272,7 @@ def test_download_ranges(finished: tuple[MediaUser, str, bytes]) -> None:
 def test_download_access_rules(
     finished: tuple[MediaUser, str, bytes],
     media_user: Callable[[], MediaUser],
+    infra: Infra,
     auth_address: str,
     auth_settings: Any,
     storage_service: StorageHandle,
@@ -288,9 +289,7 @@ def test_download_access_rules(
     video_id = user.http.get("/jobs", headers=user.headers).get_json()["jobs"][0]["video_id"]
     assert_error(http.get(f"/download?fid={video_id}", headers=user.headers), 404)
 
-    import grpc
-
-    channel = grpc.insecure_channel(auth_address)
+    channel = infra.channel(auth_address, "notifier")
     auth = auth_pb2_grpc.AuthServiceStub(channel)
     token = auth.IssueDownloadToken(
         auth_pb2.IssueDownloadTokenRequest(user_id=user.id, file_id=mp3_id)

@@ -54,23 +54,25 @@ def test_settings_defaults_and_overrides() -> None:
             Settings.from_env(bad)
 
 
-def grpcurl(*args: str) -> str:
-    result = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+def grpcurl(infra: Infra, *args: str) -> str:
+    result = subprocess.run(
+        [GRPCURL, *infra.grpcurl_tls(), *args], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_grpcurl_lists_services_and_health_is_serving(storage_service: StorageHandle) -> None:
+def test_grpcurl_lists_services_and_health_is_serving(infra: Infra, storage_service: StorageHandle) -> None:
     address = storage_service.address
-    services = grpcurl(address, "list").split()
+    services = grpcurl(infra, address, "list").split()
     assert "video2mp3.storage.v1.StorageService" in services
     assert "video2mp3.storage.v1.JobService" in services
     assert "grpc.health.v1.Health" in services
-    methods = grpcurl(address, "list", "video2mp3.storage.v1.JobService").split()
+    methods = grpcurl(infra, address, "list", "video2mp3.storage.v1.JobService").split()
     assert "video2mp3.storage.v1.JobService.TransitionJob" in methods
     for service in ["", "video2mp3.storage.v1.StorageService", "video2mp3.storage.v1.JobService"]:
         answer = json.loads(
-            grpcurl("-d", json.dumps({"service": service}), address, "grpc.health.v1.Health/Check")
+            grpcurl(infra, "-d", json.dumps({"service": service}), address, "grpc.health.v1.Health/Check")
         )
         assert answer == {"status": "SERVING"}
 
@@ -98,7 +100,7 @@ def test_process_serves_and_stops_on_sigterm(infra: Infra, tmp_path: Path) -> No
         "storage", python_module("storage"), infra.service_env(STORAGE_PORT=str(port)), tmp_path
     ).start()
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channel = infra.channel(f"127.0.0.1:{port}")
         health = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:

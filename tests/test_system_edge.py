@@ -224,8 +224,8 @@ def test_malformed_requests_get_documented_4xx(edge: tuple[System, str], tmp_pat
     assert not failures, "\n".join(failures)
 
     assert http_ok(f"{system.base_url}/readyz")
-    assert grpc_serving(f"127.0.0.1:{system.auth_port}")
-    assert grpc_serving(f"127.0.0.1:{system.storage_port}")
+    assert grpc_serving(f"127.0.0.1:{system.auth_port}", system.infra.tls())
+    assert grpc_serving(f"127.0.0.1:{system.storage_port}", system.infra.tls())
     assert all(proc.alive() for proc in system.processes.values())
 
 

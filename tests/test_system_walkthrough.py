@@ -54,6 +54,7 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "STORAGE_SVC_ADDRESS": f"127.0.0.1:{ports['STORAGE_PORT']}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
+        "GRPC_TLS_DIR": str(infra.tls_dir),  # the session's certificates (dev/up.sh keeps them)
     }
     env.pop("PYTHONPATH", None)
     up = subprocess.run(
@@ -113,16 +114,26 @@ def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
 
 
 def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
+    """As the README shows: grpcurl with the operator's certificate of $GRPC_TLS_DIR."""
     grpcurl = str(ROOT / ".venv/bin/grpcurl")
+    tls = Path(upped["GRPC_TLS_DIR"])
+    operator = [
+        "-cacert",
+        str(tls / "ca.crt"),
+        "-cert",
+        str(tls / "operator.crt"),
+        "-key",
+        str(tls / "operator.key"),
+    ]
     auth = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
     storage = subprocess.run(
-        [grpcurl, "-plaintext", upped["STORAGE_SVC_ADDRESS"], "list"],
+        [grpcurl, *operator, upped["STORAGE_SVC_ADDRESS"], "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -131,7 +142,7 @@ def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     assert "video2mp3.auth.v1.AuthService" in auth and "grpc.health.v1.Health" in auth
     assert "video2mp3.storage.v1.StorageService" in storage and "video2mp3.storage.v1.JobService" in storage
     health = subprocess.run(
-        [grpcurl, "-plaintext", upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
+        [grpcurl, *operator, upped["AUTH_SVC_ADDRESS"], "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         timeout=30,
