@@ -40,7 +40,7 @@ def make_notifier(
     storage: FaultyStorage, auth: auth_pb2_grpc.AuthServiceStub, smtp_port: int, ttl: int = 3600
 ) -> Notifier:
     return Notifier(
-        jobs=storage.jobs,
+        jobs=storage.jobs_as("notifier"),
         auth=auth,
         mailer=Mailer(SmtpConfig("127.0.0.1", smtp_port, timeout_seconds=5)),
         config=WorkerConfig(
