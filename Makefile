@@ -29,7 +29,7 @@ lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .
-	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) testing tests dev/smtp_sink.py
+	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) testing tests dev/smtp_sink.py dev/keep_running.py
 
 .PHONY: fmt
 fmt: bootstrap ## format the Python code with ruff

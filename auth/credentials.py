@@ -8,18 +8,20 @@ on different keyboards matches.
 
 from __future__ import annotations
 
-import re
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from auth.settings import Settings
+from common.email_address import UndeliverableAddress, parse_address
 
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 MAX_EMAIL_CHARS = 254
-MAX_LOCAL_PART_CHARS = 64
 
 # A few of the most common passwords of at least 8 characters (SP 800-63B §5.1.1.2 asks
 # for a blocklist; this is the short, conservative end of one).
@@ -52,11 +54,6 @@ COMMON_PASSWORDS = frozenset(
     }
 )
 
-# local@domain: no spaces, no control characters, one "@", a dotted domain of labels.
-# Unicode letters are allowed in both parts (RFC 6531 addresses).
-_LOCAL = re.compile(r"^[^\s@\"(),:;<>\[\]\\]+$")
-_LABEL = re.compile(r"^(?!-)[^\s@\"(),:;<>\[\]\\./_]+(?<!-)$")
-
 
 class CredentialError(ValueError):
     """Input that breaks the rules; the message is safe to show to the user."""
@@ -71,24 +68,18 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
-def validate_email(raw: str) -> str:
+def validate_email(raw: str, allow_utf8_local: bool = False) -> str:
+    """The address as stored (NFC, trimmed), if the mail path can deliver to it: the rule
+    the notifier sends by (common/email_address.py)."""
     email = normalize_email(raw)
     if not email:
         raise CredentialError("email is required")
     if len(email) > MAX_EMAIL_CHARS:
         raise CredentialError(f"email must be at most {MAX_EMAIL_CHARS} characters")
-    if any(unicodedata.category(c).startswith("C") for c in email):
-        raise CredentialError("email contains control characters")
-    local, sep, domain = email.rpartition("@")
-    if not sep or not local or not domain:
-        raise CredentialError("email is not a valid address")
-    if len(local) > MAX_LOCAL_PART_CHARS or not _LOCAL.match(local):
-        raise CredentialError("email is not a valid address")
-    if local.startswith(".") or local.endswith(".") or ".." in local:
-        raise CredentialError("email is not a valid address")
-    labels = domain.split(".")
-    if len(labels) < 2 or not all(label and len(label) <= 63 and _LABEL.match(label) for label in labels):
-        raise CredentialError("email is not a valid address")
+    try:
+        parse_address(email, allow_utf8_local=allow_utf8_local)
+    except UndeliverableAddress as error:
+        raise CredentialError(f"email is not an address we can send to: {error}") from None
     return email
 
 
@@ -119,20 +110,56 @@ def make_hasher(settings: Settings) -> PasswordHasher:
     )
 
 
+class HashBusy(Exception):
+    """Every hashing slot is taken and the queue is full: refuse now, retry later."""
+
+
+class HashGate:
+    """At most ``concurrency`` hashes at once and ``queue`` more waiting; a call beyond that
+    is refused at once instead of taking another server thread. So however many sign-ups
+    and logins arrive, the server's other threads stay free for token checks."""
+
+    def __init__(self, concurrency: int, queue: int, wait_seconds: float = 30.0) -> None:
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._admitted = threading.BoundedSemaphore(concurrency + queue)
+        self._wait = wait_seconds
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._admitted.acquire(blocking=False):
+            raise HashBusy
+        try:
+            if not self._slots.acquire(timeout=self._wait):
+                raise HashBusy
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._admitted.release()
+
+
 class Passwords:
     def __init__(self, settings: Settings) -> None:
         self.hasher = make_hasher(settings)
+        self.gate = HashGate(settings.hash_concurrency, settings.hash_queue)
         # Verified against for unknown emails, so both failures cost the same time.
         self._dummy_hash = self.hasher.hash("not a real password: equalises timing")
 
     def hash(self, password: str) -> str:
-        return self.hasher.hash(password)
+        """argon2id of ``password``; HashBusy when the hashing slots and queue are full."""
+        with self.gate.slot():
+            return self.hasher.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
-        try:
-            return self.hasher.verify(stored_hash or self._dummy_hash, password) and stored_hash is not None
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        """Whether ``password`` matches; HashBusy when the hashing slots and queue are full."""
+        with self.gate.slot():
+            try:
+                return (
+                    self.hasher.verify(stored_hash or self._dummy_hash, password) and stored_hash is not None
+                )
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

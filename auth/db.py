@@ -65,6 +65,27 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        3,
+        "throttle",
+        [
+            # One row per throttled subject (auth/throttle.py): counted and checked in one
+            # transaction with the row locked. login_failures is no longer used; a later
+            # migration drops it once no replica of the previous version runs.
+            """
+            CREATE TABLE IF NOT EXISTS throttle (
+                kind VARCHAR(8) CHARACTER SET ascii NOT NULL,
+                subject BINARY(32) NOT NULL,
+                failures INT UNSIGNED NOT NULL DEFAULT 0,
+                window_start DATETIME(6) NOT NULL,
+                blocked_until DATETIME(6) NULL,
+                succeeded_at DATETIME(6) NULL,
+                PRIMARY KEY (kind, subject),
+                KEY throttle_window (window_start)
+            ) ENGINE=InnoDB
+            """,
+        ],
+    ),
 ]
 
 
@@ -125,6 +146,16 @@ class Database:
     def cursor(self) -> Iterator[pymysql.cursors.Cursor]:
         with self.connection() as conn, conn.cursor() as cur:
             yield cur
+
+    @contextmanager
+    def transaction(self) -> Iterator[pymysql.cursors.Cursor]:
+        """A cursor inside one transaction: committed when the block ends, rolled back when it
+        raises. Rows read with ``SELECT … FOR UPDATE`` stay locked until then."""
+        with self.connection() as conn:
+            conn.begin()
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
 
     def _release(self, conn: pymysql.connections.Connection) -> None:
         if self._closed.is_set():

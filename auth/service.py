@@ -14,7 +14,9 @@ from auth.credentials import (
     MAX_EMAIL_CHARS,
     MAX_PASSWORD_CHARS,
     CredentialError,
+    HashBusy,
     Passwords,
+    email_key,
     normalize_email,
     normalize_password,
     validate_email,
@@ -22,14 +24,17 @@ from auth.credentials import (
 )
 from auth.db import CONNECTION_ERRORS, Database
 from auth.settings import Settings
+from auth.throttle import LoginPolicy, LoginThrottle, RegistrationLimit, Throttled
 from auth.tokens import MAX_TOKEN_CHARS, TokenError, Tokens
-from auth.users import ROLE_ADMIN, DuplicateEmail, LoginThrottle, UserRow, Users
+from auth.users import ROLE_ADMIN, DuplicateEmail, UserRow, Users
 
 log = logging.getLogger("auth")
 
 MAX_FILE_ID_CHARS = 128
 MAX_ADDRESS_CHARS = 128
 BAD_CREDENTIALS = "invalid email or password"
+# Why a login may end before the password was checked: not the caller's failure.
+NOT_CHECKED: tuple[type[BaseException], ...] = (HashBusy, *CONNECTION_ERRORS)
 BAD_TOKEN = "invalid or expired token"  # noqa: S105 - a message, not a secret
 
 R = TypeVar("R")
@@ -41,7 +46,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 def _database_errors(method: Callable[..., R]) -> Callable[..., R]:
-    """A database that cannot be reached is UNAVAILABLE (retryable), not INTERNAL."""
+    """A database that cannot be reached is UNAVAILABLE (retryable), not INTERNAL; full
+    hashing slots and throttling are RESOURCE_EXHAUSTED with a ``retry-after`` (seconds) in
+    the trailing metadata."""
 
     @functools.wraps(method)
     def call(self: AuthServicer, request: Any, context: grpc.ServicerContext) -> R:
@@ -50,8 +57,22 @@ def _database_errors(method: Callable[..., R]) -> Callable[..., R]:
         except CONNECTION_ERRORS as error:
             log.warning("user database unavailable", extra={"error": repr(error)})
             _abort(context, grpc.StatusCode.UNAVAILABLE, "user database unavailable")
+        except HashBusy:
+            log.warning("password hashing busy; request refused", extra={"method": method.__name__})
+            _resource_exhausted(context, 1, "the service is busy; try again shortly")
+        except Throttled as error:
+            log.warning("throttled", extra={"method": method.__name__, "retry_after_s": error.retry_after})
+            message = {
+                "Register": "too many sign-ups from this address; try again later",
+            }.get(method.__name__, "too many failed logins; try again later")
+            _resource_exhausted(context, error.retry_after, message)
 
     return call
+
+
+def _resource_exhausted(context: grpc.ServicerContext, retry_after: int, message: str) -> NoReturn:
+    context.set_trailing_metadata((("retry-after", str(retry_after)),))
+    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 def _role(role: str) -> auth_pb2.Role.ValueType:
@@ -77,9 +98,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.tokens = Tokens(settings)
         self.throttle = LoginThrottle(
             db,
-            settings.login_window_seconds,
-            settings.login_max_failures_per_email,
-            settings.login_max_failures_per_address,
+            LoginPolicy(
+                window_seconds=settings.login_window_seconds,
+                free_failures=settings.login_max_failures_per_email,
+                backoff_seconds=settings.login_backoff_seconds,
+                backoff_max_seconds=settings.login_backoff_max_seconds,
+                max_failures_per_account=settings.login_max_failures_per_account,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                slowdown_seconds=settings.login_slowdown_seconds,
+            ),
+        )
+        self.registrations = RegistrationLimit(
+            db, settings.register_max_per_address, settings.register_window_seconds
         )
 
     @_database_errors
@@ -87,10 +117,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> auth_pb2.RegisterResponse:
         try:
-            email = validate_email(request.email)
+            email = validate_email(request.email, allow_utf8_local=self.settings.mail_smtputf8)
             password = validate_new_password(request.password, email)
         except CredentialError as error:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if len(request.client_address) > MAX_ADDRESS_CHARS:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "client address too long")
+        if request.client_address:
+            self.registrations.admit(request.client_address)
         try:
             row = self.users.create(email, self.passwords.hash(password))
         except DuplicateEmail:
@@ -110,19 +144,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "client address too long")
         if not email or not password:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-        address = request.client_address
-        if self.throttle.blocked(email, address):
-            log.warning("login throttled", extra={"client_address": address})
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed logins; try again later")
-        row = self.users.by_email(email)
+        address, account = request.client_address, email_key(email)
+        # Counted as a failure from here on, atomically with the check; taken back below.
+        self.throttle.admit(account, address)
+        try:
+            row = self.users.by_email(email)
+            matched = self.passwords.verify(row.password_hash if row else None, password)
+        except NOT_CHECKED:
+            # Never checked: not a failure of the caller's (a busy server must not lock anyone out).
+            self.throttle.release(account, address)
+            raise
         # Unknown email and wrong password take the same path, time and message.
-        if not self.passwords.verify(row.password_hash if row else None, password) or row is None:
-            self.throttle.record_failure(email, address)
+        if not matched or row is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+        self.throttle.succeeded(account, address)
         if self.passwords.needs_rehash(row.password_hash):
-            self.users.update_hash(row.id, row.password_hash, self.passwords.hash(password))
-            log.info("password rehashed with current parameters", extra={"user_id": row.id})
-        self.throttle.clear_email(email)
+            try:
+                self.users.update_hash(row.id, row.password_hash, self.passwords.hash(password))
+                log.info("password rehashed with current parameters", extra={"user_id": row.id})
+            except HashBusy:
+                pass  # busy: rehashed at a later login
         token, _expires_at = self.tokens.issue_access(row.id, row.email, row.role)
         return auth_pb2.LoginResponse(
             access_token=token,

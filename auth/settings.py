@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import PORT, EnvSettings, SettingsError, at_least, min_bytes, setting
+from common.config import NOT_NEGATIVE, PORT, EnvSettings, SettingsError, at_least, min_bytes, setting
 from common.grpc_tls import GrpcTls, tls_dir_setting
 
 # HS256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
@@ -39,10 +39,28 @@ class Settings(EnvSettings):
     argon2_time_cost: int = setting("ARGON2_TIME_COST", 3, check=at_least(1))
     argon2_memory_kib: int = setting("ARGON2_MEMORY_KIB", 65536)
     argon2_parallelism: int = setting("ARGON2_PARALLELISM", 4, check=at_least(1))
-    # Login throttling: failures within the window, per email and per client address.
+    # Login throttling (auth/throttle.py): failures within the window before back-off, per
+    # account from one client address (…_PER_EMAIL), then the first wait, doubled for each
+    # further failure up to the cap; per account (all addresses) and per address (all
+    # accounts), failures after which attempts are spaced LOGIN_SLOWDOWN_SECONDS apart.
     login_window_seconds: int = setting("LOGIN_FAILURE_WINDOW_SECONDS", 900, check=at_least(1))
     login_max_failures_per_email: int = setting("LOGIN_MAX_FAILURES_PER_EMAIL", 5, check=at_least(1))
+    login_backoff_seconds: int = setting("LOGIN_BACKOFF_SECONDS", 30, check=at_least(1))
+    login_backoff_max_seconds: int = setting("LOGIN_BACKOFF_MAX_SECONDS", 900, check=at_least(1))
+    login_max_failures_per_account: int = setting("LOGIN_MAX_FAILURES_PER_ACCOUNT", 50, check=at_least(1))
     login_max_failures_per_address: int = setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 20, check=at_least(1))
+    login_slowdown_seconds: int = setting("LOGIN_SLOWDOWN_SECONDS", 10, check=at_least(1))
+    # Sign-ups per client address within a window.
+    register_max_per_address: int = setting("REGISTER_MAX_PER_ADDRESS", 10, check=at_least(1))
+    register_window_seconds: int = setting("REGISTER_WINDOW_SECONDS", 3600, check=at_least(1))
+    # Password hashes computed at once, and how many more may wait; beyond that a sign-up or
+    # login is refused at once (RESOURCE_EXHAUSTED), so hashing never takes every server
+    # thread and token checks always find one free.
+    hash_concurrency: int = setting("HASH_CONCURRENCY", 2, check=at_least(1))
+    hash_queue: int = setting("HASH_QUEUE", 4, check=NOT_NEGATIVE)
+    # The notifier's mail relay offers SMTPUTF8: addresses with non-ASCII characters before
+    # the @ are then accepted at sign-up (common/email_address.py).
+    mail_smtputf8: bool = setting("MAIL_SMTPUTF8", False)
     stop_grace_seconds: float = setting("AUTH_STOP_GRACE_SECONDS", 10.0)
 
     def grpc_tls(self) -> GrpcTls:
@@ -52,5 +70,10 @@ class Settings(EnvSettings):
     def check(self) -> None:
         if self.argon2_memory_kib < 8 * self.argon2_parallelism:
             raise SettingsError("ARGON2_MEMORY_KIB must be at least 8 times ARGON2_PARALLELISM")
+        if self.hash_concurrency + self.hash_queue >= self.grpc_max_workers:
+            raise SettingsError(
+                "HASH_CONCURRENCY + HASH_QUEUE must be below AUTH_GRPC_MAX_WORKERS, so token checks "
+                "always find a free server thread"
+            )
         if self.download_token_max_ttl < self.download_token_ttl:
             raise SettingsError("DOWNLOAD_TOKEN_MAX_TTL_SECONDS must not be below DOWNLOAD_TOKEN_TTL_SECONDS")

@@ -1,8 +1,7 @@
-"""Users and login failures in MySQL (parameterised queries only)."""
+"""Users in MySQL (parameterised queries only)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pymysql
@@ -69,59 +68,4 @@ class Users:
             cur.execute(
                 "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash = %s",
                 (new_hash, user_id, old_hash),
-            )
-
-
-def _subject(value: str) -> bytes:
-    # Stored hashed: fixed width whatever the client sent, and no raw addresses kept.
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-
-
-class LoginThrottle:
-    """Counts recent failed logins per email and per client address, in MySQL so every
-    replica sees the same counts."""
-
-    EMAIL = "email"
-    ADDRESS = "address"
-
-    def __init__(self, db: Database, window_seconds: int, max_per_email: int, max_per_address: int) -> None:
-        self.db = db
-        self.window = window_seconds
-        self.limits = {self.EMAIL: max_per_email, self.ADDRESS: max_per_address}
-
-    def _subjects(self, email: str, address: str) -> list[tuple[str, bytes]]:
-        subjects = [(self.EMAIL, _subject(email_key(email)))]
-        if address:
-            subjects.append((self.ADDRESS, _subject(address)))
-        return subjects
-
-    def blocked(self, email: str, address: str) -> bool:
-        with self.db.cursor() as cur:
-            for kind, subject in self._subjects(email, address):
-                cur.execute(
-                    "SELECT COUNT(*) FROM login_failures WHERE kind = %s AND subject = %s"
-                    " AND failed_at > NOW(6) - INTERVAL %s SECOND",
-                    (kind, subject, self.window),
-                )
-                row = cur.fetchone()
-                if row and int(row[0]) >= self.limits[kind]:
-                    return True
-        return False
-
-    def record_failure(self, email: str, address: str) -> None:
-        with self.db.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO login_failures (kind, subject) VALUES (%s, %s)", self._subjects(email, address)
-            )
-            # Keep the table small: rows older than the window no longer count.
-            cur.execute(
-                "DELETE FROM login_failures WHERE failed_at < NOW(6) - INTERVAL %s SECOND LIMIT 1000",
-                (self.window,),
-            )
-
-    def clear_email(self, email: str) -> None:
-        with self.db.cursor() as cur:
-            cur.execute(
-                "DELETE FROM login_failures WHERE kind = %s AND subject = %s",
-                (self.EMAIL, _subject(email_key(email))),
             )

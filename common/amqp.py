@@ -207,6 +207,40 @@ class ConsumerSettings:
     stop_grace_seconds: float = 30.0
 
 
+def _count(value: Any, max_attempts: int) -> int:
+    """A claimed attempt number, clamped to 1…max_attempts; anything that is not a plain
+    integer counts as 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return min(max(value, 1), max_attempts)
+
+
+def attempt_of(headers: dict[str, Any], queue: str, max_attempts: int) -> int:
+    """Which try of a message this is (1 for the first).
+
+    Headers travel with the message, so anyone who can publish can write them: a claimed
+    count is clamped to 1…max_attempts, never trusted to be negative or huge (a negative
+    ``x-attempt`` once meant endless retries). The broker's own record — the ``x-death``
+    count of expiries from ``<queue>.retry`` — is read the same way, and the higher of the
+    two wins. Since each trip through the delay queue adds one and the count can never
+    start below 1, a message is handled at most ``max_attempts`` times before it is
+    parked, whatever its publisher claimed.
+    """
+    claimed = _count(headers.get(ATTEMPT_HEADER, 1), max_attempts)
+    deaths = headers.get("x-death")
+    recorded = 1
+    if isinstance(deaths, list):
+        for death in deaths:
+            if (
+                isinstance(death, dict)
+                and death.get("queue") == retry_queue(queue)
+                and death.get("reason") == "expired"
+            ):
+                count = death.get("count")
+                recorded = max(recorded, _count(count + 1 if isinstance(count, int) else 1, max_attempts))
+    return max(claimed, recorded)
+
+
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Exponential back-off: base, 2*base, 4*base … capped."""
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
@@ -317,11 +351,7 @@ class Consumer:
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        headers = properties.headers or {}
-        try:
-            attempt = int(headers.get(ATTEMPT_HEADER, 1))
-        except (TypeError, ValueError):
-            attempt = 1
+        attempt = attempt_of(properties.headers or {}, self.settings.queue, self.settings.max_attempts)
         delivery = Delivery(
             body=body,
             properties=properties,

@@ -37,9 +37,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1025)
     parser.add_argument("--maildir", required=True)
+    parser.add_argument(
+        "--smtputf8", action="store_true", help="offer SMTPUTF8 (RFC 6531) like a relay that has it"
+    )
     args = parser.parse_args()
 
-    controller = Controller(MaildirHandler(Path(args.maildir)), hostname=args.host, port=args.port)
+    controller = Controller(
+        MaildirHandler(Path(args.maildir)),
+        hostname=args.host,
+        port=args.port,
+        enable_SMTPUTF8=args.smtputf8,
+    )
     controller.start()
     print(f"smtp sink on {args.host}:{args.port}, mail in {args.maildir}", flush=True)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system on loopback: infrastructure plus the five services (Procfile,
-# run by honcho in the background). `up` waits until every health check passes.
+# run by honcho in the background; each under dev/keep_running.py, which restarts it if it
+# exits). `up` waits until every health check passes.
 # Internal gRPC is mutual TLS: the certificates are made once in $GRPC_TLS_DIR (dev/certs.py).
 #
 #   dev/up.sh up | down | logs | status

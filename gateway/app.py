@@ -15,6 +15,7 @@ from common.config import SettingsError, exit_on_settings_error
 from common.logs import setup_logging
 from gateway import errors, metrics
 from gateway.clients import EXTENSION, Clients
+from gateway.jsonio import StrictJSONProvider
 from gateway.settings import Settings
 from gateway.sweeper import Sweeper
 from gateway.views import download, identity, jobs, ops, upload
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         exit_on_settings_error("gateway", error)
         raise  # unreachable: exit_on_settings_error exits
 
-    app = Flask("gateway")
+    app = Flask("gateway", static_folder=None)  # every route is one of ours, documented
+    app.json = StrictJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         AUTH_TIMEOUT_SECONDS=settings.auth_timeout_seconds,

@@ -60,8 +60,18 @@ def from_rpc_error(error: grpc.RpcError) -> ApiError:
     if status == 401:
         headers["WWW-Authenticate"] = AUTH_CHALLENGE
     if status in (429, 503):
-        headers["Retry-After"] = "30" if status == 429 else "5"
+        headers["Retry-After"] = _retry_after(error) or ("30" if status == 429 else "5")
     return ApiError(status, slug, message, headers)
+
+
+def _retry_after(error: grpc.RpcError) -> str | None:
+    """The backend's own ``retry-after`` (whole seconds) from the trailing metadata, if any."""
+    if not isinstance(error, grpc.Call):
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key == "retry-after" and isinstance(value, str) and value.isdigit() and len(value) <= 6:
+            return value
+    return None
 
 
 def json_error(status: int, error: str, message: str, headers: Mapping[str, str] | None = None) -> Response:

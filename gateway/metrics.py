@@ -33,9 +33,24 @@ HTTP_LATENCY = Histogram(
 )
 
 
+# Every label value comes from a fixed set, whatever a client sends: a made-up method
+# name, path or status must never add a time series (issue 19: 3000 requests grew
+# /metrics from 30 KB to 2.6 MB).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+
+
+def _method() -> str:
+    return request.method if request.method in METHODS else OTHER
+
+
 def _route() -> str:
     # The rule, never the raw path: unknown paths must not create new label values.
     return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+
+
+def _status(code: int) -> str:
+    return str(code) if 100 <= code <= 599 else OTHER
 
 
 def install(app: Flask) -> None:
@@ -46,10 +61,10 @@ def install(app: Flask) -> None:
     @app.after_request
     def observe(response: Response) -> Response:
         started = g.get("started")
-        route, method = _route(), request.method
+        route, method = _route(), _method()
         if started is not None:
             HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
+        HTTP_REQUESTS.labels(method, route, _status(response.status_code)).inc()
         return response
 
 

@@ -27,6 +27,13 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "invalid_argument", message)
 
 
+class BodyEndedEarly(ApiError):
+    """The body stopped before the multipart end: the client went away (or cut it short)."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "invalid_argument", "the multipart body ended early")
+
+
 class MultipartFile:
     """``open()`` finds the part named ``field`` and returns its filename; ``chunks()`` then
     yields its bytes. Errors are ApiError (400 for a malformed body) or werkzeug's
@@ -46,11 +53,13 @@ class MultipartFile:
             try:
                 event = self.decoder.next_event()
             except (ValueError, HTTPException) as error:
+                if self._eof:  # the decoder's "unexpected end" once the body stopped short
+                    raise BodyEndedEarly from error
                 raise bad_request("malformed multipart body") from error
             if event is not NEED_DATA:
                 return event
             if self._eof:
-                raise bad_request("the multipart body ended early")
+                raise BodyEndedEarly
             block = self.stream.read(READ_BLOCK)
             if not block:
                 self._eof = True

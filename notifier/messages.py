@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 
+from common.email_address import UndeliverableAddress, parse_address
+
 SUBJECT_NAME_LIMIT = 80
 BODY_NAME_LIMIT = 255
 REASON_LIMIT = 500
@@ -48,17 +50,14 @@ def clean_text(value: str, limit: int) -> str:
 
 
 def parse_recipient(value: str) -> Address:
-    """Exactly one plain ``local@domain`` address, or ``InvalidAddress``."""
-    candidate = value.strip()
-    if not candidate or any(c in candidate for c in "\r\n\0") or len(candidate) > 254:
-        raise InvalidAddress("recipient address is empty, too long or contains line breaks")
+    """Exactly one plain ``local@domain`` address by the rule sign-up checks
+    (common/email_address.py), the domain in its ASCII form; or ``InvalidAddress``. A
+    non-ASCII local part is kept: such a message is sent with SMTPUTF8."""
     try:
-        address = Address(addr_spec=candidate)
-    except (ValueError, IndexError, TypeError) as error:
-        raise InvalidAddress(f"recipient address is malformed: {error}") from None
-    if not address.username or not address.domain or "." not in address.domain.strip("."):
-        raise InvalidAddress("recipient address needs a local part and a domain")
-    return address
+        parsed = parse_address(value, allow_utf8_local=True)
+    except UndeliverableAddress as error:
+        raise InvalidAddress(f"recipient address cannot be delivered: {error}") from None
+    return Address(username=parsed.local, domain=parsed.ascii_domain)
 
 
 def parse_sender(value: str) -> Address:
@@ -90,7 +89,10 @@ def message_id(job_id: str, kind: str, sender: Address) -> str:
 
 
 def _base(sender: Address, recipient: Address, subject: str, msg_id: str) -> EmailMessage:
-    msg = EmailMessage(policy=email.policy.SMTP)
+    # Non-ASCII before the @ cannot be encoded in a header: such a message is sent as UTF-8
+    # (smtplib then asks the relay for SMTPUTF8, and fails for good if it lacks it).
+    international = not recipient.username.isascii()
+    msg = EmailMessage(policy=email.policy.SMTPUTF8 if international else email.policy.SMTP)
     msg["From"] = sender
     msg["To"] = recipient
     msg["Subject"] = subject

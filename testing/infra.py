@@ -108,6 +108,8 @@ class Infra:
             "RABBITMQ_URL": self.rabbitmq_url,
             "JWT_SECRET": self._extra.setdefault("JWT_SECRET", secrets.token_urlsafe(48)),
             "LOG_LEVEL": "INFO",
+            # Tests sign up many users from loopback; the limit is tested with its own value.
+            "REGISTER_MAX_PER_ADDRESS": "1000000",
             "GRPC_TLS_DIR": str(self.tls_dir),
         }
         base.update(overrides)
@@ -212,7 +214,7 @@ class Mailbox:
 class SmtpSink:
     """An SMTP sink process of the tests' own, so a test can stop and restart it."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, smtputf8: bool = False) -> None:
         self.port = free_port()
         self.mailbox = Mailbox(work_dir / "mail", "127.0.0.1", self.port)
         self.process = ServiceProcess(
@@ -224,6 +226,7 @@ class SmtpSink:
                 str(self.port),
                 "--maildir",
                 str(self.mailbox.directory),
+                *(["--smtputf8"] if smtputf8 else []),
             ],
             {},
             work_dir,

@@ -211,3 +211,47 @@ def test_properties_are_pika_basic_properties() -> None:
 
     props = message_properties(requested(), "job")
     assert isinstance(props, pika.BasicProperties)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {ATTEMPT_HEADER: -1_000_000},  # was: retried every few seconds, forever
+        {ATTEMPT_HEADER: 0},
+        {ATTEMPT_HEADER: "not a number"},
+        {ATTEMPT_HEADER: 10**12},
+        {"x-death": [{"queue": "whatever.retry", "reason": "expired", "count": -50}]},
+    ],
+    ids=["negative", "zero", "text", "huge", "forged-x-death"],
+)
+def test_forged_attempts(infra: Infra, topology: Topology, headers: dict[str, object]) -> None:
+    """Whatever attempt count a publisher claims, a message that keeps failing is parked
+    after at most max_attempts tries."""
+    attempts: list[int] = []
+
+    def handler(delivery: Delivery) -> Outcome:
+        attempts.append(delivery.attempt)
+        raise TransientError("storage unavailable")
+
+    settings = ConsumerSettings(
+        url=infra.rabbitmq_url,
+        queue=topology.video_queue,
+        topology=topology,
+        max_attempts=3,
+        retry_base_seconds=0.1,
+    )
+    if "x-death" in headers:
+        headers = {"x-death": [{**headers["x-death"][0], "queue": f"{topology.video_queue}.retry"}]}  # type: ignore[index]
+    consumer = Consumer(settings, handler)
+    thread = run_consumer(consumer)
+    connection = infra.amqp()
+    props = pika.BasicProperties(correlation_id="forged", delivery_mode=2, headers=headers)
+    connection.channel().basic_publish(
+        topology.exchange, RK_REQUESTED, requested("forged").SerializeToString(), props
+    )
+    connection.close()
+    wait_for(lambda: infra.queue_depth(dead_queue(topology.video_queue)) == 1, timeout=30, what="parked")
+    consumer.stop()
+    thread.join(20)
+    assert 1 <= len(attempts) <= 3, attempts
+    assert all(1 <= a <= 3 for a in attempts), attempts

@@ -4,6 +4,7 @@ servers, the real MongoDB-compatible server and the real RabbitMQ."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -259,9 +260,10 @@ def test_download_ranges(finished: tuple[MediaUser, str, bytes]) -> None:
         assert response.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{size}"
         assert response.headers["Content-Length"] == str(stop - start)
         assert response.get_data() == mp3[start:stop], header
-    unsatisfiable = user.http.get(url, headers={**user.headers, "Range": f"bytes={size}-"})
-    assert_error(unsatisfiable, 416)
-    assert unsatisfiable.headers["Content-Range"] == f"bytes */{size}"
+    for header in (f"bytes={size}-", "bytes=-0", "bytes= -000"):  # a zero-length suffix (RFC 9110 §14.1.1)
+        unsatisfiable = user.http.get(url, headers={**user.headers, "Range": header})
+        assert_error(unsatisfiable, 416)
+        assert unsatisfiable.headers["Content-Range"] == f"bytes */{size}"
     # Several ranges or a stale If-Range: the whole file.
     several = user.http.get(url, headers={**user.headers, "Range": "bytes=0-1,5-6"})
     assert several.status_code == 200 and len(several.get_data()) == size
@@ -450,5 +452,34 @@ def test_streaming_through_gunicorn(
             wait_for(lambda: storage_service.orphan_chunks() > 0, timeout=30, what="chunks in flight")
         wait_for(lambda: storage_service.orphan_chunks() == 0, timeout=30, what="partial chunks removed")
         assert leftovers(storage_service, user_id) == (1, 1)  # only the finished upload
+
+        # The same with chunked transfer encoding (curl -T - stopped with Ctrl-C).
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            head = (
+                f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {headers['Authorization']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            )
+            preamble = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut2.mp4"\r\n\r\n'
+            ).encode()
+            sock.sendall(head.encode() + b"%x\r\n" % len(preamble) + preamble + b"\r\n")
+            for _ in range(4):
+                sock.sendall(b"%x\r\n" % MIB + os.urandom(MIB) + b"\r\n")
+            wait_for(lambda: storage_service.orphan_chunks() > 0, timeout=30, what="chunks in flight")
+        wait_for(lambda: storage_service.orphan_chunks() == 0, timeout=30, what="partial chunks removed")
+        assert leftovers(storage_service, user_id) == (1, 1)
+
+        # Each abort is one WARNING line, never an ERROR with a traceback.
+        def aborted() -> list[dict[str, Any]]:
+            records = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+            return [r for r in records if r.get("message") == "upload aborted by the client"]
+
+        wait_for(lambda: len(aborted()) == 2, timeout=30, what="two warnings logged")
+        assert [r["severity"] for r in aborted()] == ["WARNING", "WARNING"]
+        records = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+        errors = [r for r in records if r.get("severity") in ("ERROR", "CRITICAL")]
+        assert not errors, errors
+        assert "Traceback" not in proc.logs()
     finally:
         proc.stop()

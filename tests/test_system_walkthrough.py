@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import signal
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common.grpc_tls import GrpcTls
 from testing.infra import Infra, SmtpSink
 from testing.media import audio_duration
 from testing.processes import ROOT, free_port, port_open
@@ -54,6 +57,8 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "STORAGE_SVC_ADDRESS": f"127.0.0.1:{ports['STORAGE_PORT']}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
         "JWT_SECRET": infra.service_env()["JWT_SECRET"],
+        # This session's other tests sign up from loopback into the same database.
+        "REGISTER_MAX_PER_ADDRESS": infra.service_env()["REGISTER_MAX_PER_ADDRESS"],
         "GRPC_TLS_DIR": str(infra.tls_dir),  # the session's certificates (dev/up.sh keeps them)
     }
     env.pop("PYTHONPATH", None)
@@ -150,3 +155,43 @@ def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
     ).stdout
     assert "SERVING" in health
     assert urllib.parse.urlparse(upped["PUBLIC_BASE_URL"]).port == int(upped["GATEWAY_PORT"])
+
+
+def _service_pids(module: str, port_variable: str, port: str) -> list[int]:
+    """Pids of `python -m <module>` processes started with ``<port_variable>=<port>``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        service = any(a == b"-m" and b == module.encode() for a, b in itertools.pairwise(cmdline))
+        supervisor = any(arg.endswith(b"keep_running.py") for arg in cmdline)
+        if service and not supervisor and f"{port_variable}={port}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_crashed_service_is_restarted(upped: dict[str, str]) -> None:
+    """kill -9 of auth: it comes back on its own (issue 19 item 9; honcho alone stopped
+    everything), and the other services keep running meanwhile."""
+    from dev.wait_healthy import grpc_serving, http_ok
+    from testing.processes import wait_for
+
+    auth_address, gateway = upped["AUTH_SVC_ADDRESS"], upped["PUBLIC_BASE_URL"]
+    operator = GrpcTls.load(upped["GRPC_TLS_DIR"], "operator")
+    (before,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
+    storage_pids = _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"])
+    assert storage_pids and grpc_serving(auth_address, operator)
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: not grpc_serving(auth_address, operator), timeout=30, what="auth down")
+    wait_for(lambda: grpc_serving(auth_address, operator), timeout=90, what="auth serving again")
+    (after,) = _service_pids("auth", "AUTH_PORT", upped["AUTH_PORT"])
+    assert after != before
+    assert _service_pids("storage", "STORAGE_PORT", upped["STORAGE_PORT"]) == storage_pids
+    assert http_ok(f"{gateway}/healthz")
+    log = (Path(upped["RUN_DIR"]) / "services.log").read_text(errors="replace")
+    assert "auth: exited with code -9; restarting" in log

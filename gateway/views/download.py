@@ -4,6 +4,7 @@ link from the email, streamed from storage with single-range support."""
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from collections.abc import Iterator
 
@@ -22,6 +23,8 @@ from gateway.views.shared import grpc_timeout
 log = logging.getLogger("gateway.download")
 
 bp = Blueprint("download", __name__)
+
+_ZERO_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*", re.IGNORECASE)
 
 
 def _download_user(file_id: str) -> auth_pb2.User:
@@ -63,17 +66,19 @@ def _byte_range(size: int, etag: str) -> tuple[int, int] | None:
     if_range = request.if_range
     if (if_range.etag is not None and if_range.etag != etag) or if_range.date is not None:
         return None
+    unsatisfiable = ApiError(
+        416, "range_not_satisfiable", "the range is outside the file", {"Content-Range": f"bytes */{size}"}
+    )
+    if _ZERO_SUFFIX.fullmatch(request.headers["Range"]):
+        # "bytes=-0": the last zero bytes — valid syntax, never satisfiable (RFC 9110 §14.1.1);
+        # werkzeug reads it as malformed, which would send the whole file.
+        raise unsatisfiable
     ranges = request.range
     if ranges is None or ranges.units != "bytes" or len(ranges.ranges) != 1:
         return None  # malformed or several ranges: the whole file (RFC 9110 allows ignoring)
     found = ranges.range_for_length(size)
     if found is None:
-        raise ApiError(
-            416,
-            "range_not_satisfiable",
-            "the range is outside the file",
-            {"Content-Range": f"bytes */{size}"},
-        )
+        raise unsatisfiable
     return found
 
 

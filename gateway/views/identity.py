@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
 
+from gateway import jsonio
 from gateway.auth_guard import current_user, login_required, role_name
 from gateway.clients import call_metadata, get_clients
 from gateway.errors import ApiError
@@ -30,7 +31,11 @@ def _user_json(user: auth_pb2.User) -> dict[str, str]:
 
 
 def _json_credentials() -> tuple[str, str]:
-    body: Any = request.get_json(silent=True)
+    try:
+        body: Any = jsonio.loads(request.get_data(cache=True))
+    except ValueError as error:  # not JSON, not UTF-8, a lone surrogate, nested too deep
+        message = str(error) if isinstance(error, jsonio.JSONBodyError) else "the body is not valid JSON"
+        raise ApiError(400, "invalid_argument", message) from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_argument", 'the body must be a JSON object {"email": …, "password": …}')
     email, password = body.get("email"), body.get("password")
@@ -51,7 +56,7 @@ def register() -> tuple[Response, int]:
     email, password = _json_credentials()
     _check_sizes(email, password)
     response = get_clients().auth.Register(
-        auth_pb2.RegisterRequest(email=email, password=password),
+        auth_pb2.RegisterRequest(email=email, password=password, client_address=request.remote_addr or ""),
         timeout=current_app.config["GRPC_TIMEOUT_SECONDS"],
         metadata=call_metadata(),
     )

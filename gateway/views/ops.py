@@ -1,4 +1,5 @@
-"""Probes and metrics: ``/healthz`` (process alive), ``/readyz`` (backends reachable), ``/metrics``."""
+"""Probes, metrics and the API description: ``/healthz`` (process alive), ``/readyz`` (backends
+reachable), ``/metrics``, ``/openapi.json``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from gateway import metrics
+from gateway import metrics, openapi
 from gateway.clients import get_clients
 
 bp = Blueprint("ops", __name__)
@@ -35,3 +36,8 @@ def readyz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def prometheus() -> Response:
     return metrics.render(current_app.config["PROMETHEUS_MULTIPROC_DIR"])
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(openapi.document())

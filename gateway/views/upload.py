@@ -16,7 +16,7 @@ import grpc
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from common.amqp import PublishError
 from common.events import RK_REQUESTED, conversion_requested
@@ -25,7 +25,7 @@ from common.grpc_client import STREAM_TIMEOUT
 from gateway.auth_guard import current_user, login_required
 from gateway.clients import Clients, call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
-from gateway.multipart import MultipartFile
+from gateway.multipart import BodyEndedEarly, MultipartFile
 from gateway.views.shared import base_url, grpc_timeout
 
 log = logging.getLogger("gateway.upload")
@@ -108,6 +108,11 @@ def _client_side(error: BaseException, limit: int) -> BaseException:
     """What to answer when reading the client's body stopped the upload."""
     if isinstance(error, RequestEntityTooLarge):
         return _too_large(limit)
+    if isinstance(error, BodyEndedEarly | ClientDisconnected | OSError):
+        # The client went away mid-body (werkzeug: fewer bytes than Content-Length; gunicorn:
+        # a chunked body cut short). Its business, not a fault here: one warning line.
+        log.warning("upload aborted by the client", extra={"error": type(error).__name__})
+        return error if isinstance(error, ApiError) else BodyEndedEarly()
     if isinstance(error, ApiError | HTTPException):
         return error
     log.warning("upload body could not be read", extra={"error": repr(error)})

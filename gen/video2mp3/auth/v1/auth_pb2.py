@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvideo2mp3/auth/v1/auth.proto\x12\x11video2mp3.auth.v1\"H\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12%\n\x04role\x18\x03 \x01(\x0e\x32\x17.video2mp3.auth.v1.Role\"2\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\"G\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"t\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12%\n\x04user\x18\x04 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\",\n\x14ValidateTokenRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"R\n\x15ValidateTokenResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"R\n\x19IssueDownloadTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"H\n\x1aIssueDownloadTokenResponse\x12\x16\n\x0e\x64ownload_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"G\n\x1cValidateDownloadTokenRequest\x12\x16\n\x0e\x64ownload_token\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"W\n\x1dValidateDownloadTokenResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\x81\x04\n\x0b\x41uthService\x12S\n\x08Register\x12\".video2mp3.auth.v1.RegisterRequest\x1a#.video2mp3.auth.v1.RegisterResponse\x12J\n\x05Login\x12\x1f.video2mp3.auth.v1.LoginRequest\x1a .video2mp3.auth.v1.LoginResponse\x12\x62\n\rValidateToken\x12\'.video2mp3.auth.v1.ValidateTokenRequest\x1a(.video2mp3.auth.v1.ValidateTokenResponse\x12q\n\x12IssueDownloadToken\x12,.video2mp3.auth.v1.IssueDownloadTokenRequest\x1a-.video2mp3.auth.v1.IssueDownloadTokenResponse\x12z\n\x15ValidateDownloadToken\x12/.video2mp3.auth.v1.ValidateDownloadTokenRequest\x1a\x30.video2mp3.auth.v1.ValidateDownloadTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvideo2mp3/auth/v1/auth.proto\x12\x11video2mp3.auth.v1\"H\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12%\n\x04role\x18\x03 \x01(\x0e\x32\x17.video2mp3.auth.v1.Role\"J\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\"G\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\"t\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12%\n\x04user\x18\x04 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\",\n\x14ValidateTokenRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"R\n\x15ValidateTokenResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"R\n\x19IssueDownloadTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"H\n\x1aIssueDownloadTokenResponse\x12\x16\n\x0e\x64ownload_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"G\n\x1cValidateDownloadTokenRequest\x12\x16\n\x0e\x64ownload_token\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"W\n\x1dValidateDownloadTokenResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.video2mp3.auth.v1.User\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\x81\x04\n\x0b\x41uthService\x12S\n\x08Register\x12\".video2mp3.auth.v1.RegisterRequest\x1a#.video2mp3.auth.v1.RegisterResponse\x12J\n\x05Login\x12\x1f.video2mp3.auth.v1.LoginRequest\x1a .video2mp3.auth.v1.LoginResponse\x12\x62\n\rValidateToken\x12\'.video2mp3.auth.v1.ValidateTokenRequest\x1a(.video2mp3.auth.v1.ValidateTokenResponse\x12q\n\x12IssueDownloadToken\x12,.video2mp3.auth.v1.IssueDownloadTokenRequest\x1a-.video2mp3.auth.v1.IssueDownloadTokenResponse\x12z\n\x15ValidateDownloadToken\x12/.video2mp3.auth.v1.ValidateDownloadTokenRequest\x1a\x30.video2mp3.auth.v1.ValidateDownloadTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'video2mp3.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=877
-  _globals['_ROLE']._serialized_end=936
+  _globals['_ROLE']._serialized_start=901
+  _globals['_ROLE']._serialized_end=960
   _globals['_USER']._serialized_start=51
   _globals['_USER']._serialized_end=123
   _globals['_REGISTERREQUEST']._serialized_start=125
-  _globals['_REGISTERREQUEST']._serialized_end=175
-  _globals['_REGISTERRESPONSE']._serialized_start=177
-  _globals['_REGISTERRESPONSE']._serialized_end=234
-  _globals['_LOGINREQUEST']._serialized_start=236
-  _globals['_LOGINREQUEST']._serialized_end=307
-  _globals['_LOGINRESPONSE']._serialized_start=309
-  _globals['_LOGINRESPONSE']._serialized_end=425
-  _globals['_VALIDATETOKENREQUEST']._serialized_start=427
-  _globals['_VALIDATETOKENREQUEST']._serialized_end=471
-  _globals['_VALIDATETOKENRESPONSE']._serialized_start=473
-  _globals['_VALIDATETOKENRESPONSE']._serialized_end=555
-  _globals['_ISSUEDOWNLOADTOKENREQUEST']._serialized_start=557
-  _globals['_ISSUEDOWNLOADTOKENREQUEST']._serialized_end=639
-  _globals['_ISSUEDOWNLOADTOKENRESPONSE']._serialized_start=641
-  _globals['_ISSUEDOWNLOADTOKENRESPONSE']._serialized_end=713
-  _globals['_VALIDATEDOWNLOADTOKENREQUEST']._serialized_start=715
-  _globals['_VALIDATEDOWNLOADTOKENREQUEST']._serialized_end=786
-  _globals['_VALIDATEDOWNLOADTOKENRESPONSE']._serialized_start=788
-  _globals['_VALIDATEDOWNLOADTOKENRESPONSE']._serialized_end=875
-  _globals['_AUTHSERVICE']._serialized_start=939
-  _globals['_AUTHSERVICE']._serialized_end=1452
+  _globals['_REGISTERREQUEST']._serialized_end=199
+  _globals['_REGISTERRESPONSE']._serialized_start=201
+  _globals['_REGISTERRESPONSE']._serialized_end=258
+  _globals['_LOGINREQUEST']._serialized_start=260
+  _globals['_LOGINREQUEST']._serialized_end=331
+  _globals['_LOGINRESPONSE']._serialized_start=333
+  _globals['_LOGINRESPONSE']._serialized_end=449
+  _globals['_VALIDATETOKENREQUEST']._serialized_start=451
+  _globals['_VALIDATETOKENREQUEST']._serialized_end=495
+  _globals['_VALIDATETOKENRESPONSE']._serialized_start=497
+  _globals['_VALIDATETOKENRESPONSE']._serialized_end=579
+  _globals['_ISSUEDOWNLOADTOKENREQUEST']._serialized_start=581
+  _globals['_ISSUEDOWNLOADTOKENREQUEST']._serialized_end=663
+  _globals['_ISSUEDOWNLOADTOKENRESPONSE']._serialized_start=665
+  _globals['_ISSUEDOWNLOADTOKENRESPONSE']._serialized_end=737
+  _globals['_VALIDATEDOWNLOADTOKENREQUEST']._serialized_start=739
+  _globals['_VALIDATEDOWNLOADTOKENREQUEST']._serialized_end=810
+  _globals['_VALIDATEDOWNLOADTOKENRESPONSE']._serialized_start=812
+  _globals['_VALIDATEDOWNLOADTOKENRESPONSE']._serialized_end=899
+  _globals['_AUTHSERVICE']._serialized_start=963
+  _globals['_AUTHSERVICE']._serialized_end=1476
 # @@protoc_insertion_point(module_scope)
