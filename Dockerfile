@@ -13,13 +13,20 @@ ARG GRPCIO_TOOLS_VERSION=1.81.1
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN pip install "grpcio-tools==${GRPCIO_TOOLS_VERSION}"
+# In a venv of its own: a base whose Python belongs to the distribution (PEP 668, such as the
+# Debian one dev/image.sh makes) refuses pip installs into the system.
+# The secret pip_ca (optional; `--secret id=pip_ca,src=FILE`) is a CA bundle for pip where the
+# build's network intercepts TLS; it is mounted for the one step, never stored in a layer.
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python -m venv /opt/tools \
+ && /opt/tools/bin/pip install "grpcio-tools==${GRPCIO_TOOLS_VERSION}"
 WORKDIR /src
 COPY protos/ protos/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN mkdir -p /out \
  && find protos -name '*.proto' -print0 | sort -z \
-    | xargs -0 python -m grpc_tools.protoc -I protos --python_out=/out --grpc_python_out=/out \
+    | xargs -0 /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=/out --grpc_python_out=/out \
  && find /out/video2mp3 -type d -exec touch '{}/__init__.py' ';'
 
 # ---------------------------------------------------------------- dependencies and code
@@ -32,7 +39,9 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # The dependencies first, from pyproject.toml alone, so code changes reuse this layer.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       >requirements.txt \
  && pip install -r requirements.txt
 COPY common/ common/
@@ -41,7 +50,11 @@ COPY auth/ auth/
 COPY storage/ storage/
 COPY converter/ converter/
 COPY notifier/ notifier/
-RUN pip install --no-deps .
+# pip and setuptools have done their work: the runtime image does not carry them.
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && pip install --no-deps . \
+ && pip uninstall --yes pip setuptools
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

@@ -29,7 +29,7 @@ lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .
-	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) testing tests dev/smtp_sink.py dev/keep_running.py
+	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) testing tests dev/smtp_sink.py dev/keep_running.py dev/image_containers.py
 
 .PHONY: fmt
 fmt: bootstrap ## format the Python code with ruff
@@ -62,6 +62,22 @@ test: infra k8s-tools bench-tools ## run the whole test suite against real serve
 .PHONY: unit
 unit: bootstrap ## run the unit tests only: no server needed, under a minute (tests/conftest.py says what is a unit)
 	@$(PY) -m pytest -m unit -q -p no:cacheprovider $(PYTEST_ARGS)
+
+.PHONY: image
+image: bootstrap k8s-tools ## build the image with Podman on a local Debian base (no registry needed); prints its size
+	@bash dev/image.sh build
+
+.PHONY: image-test
+image-test: infra k8s-tools ## build the image, run every service from it as manifests/ does, README walkthrough against them
+	@bash dev/image.sh test
+
+.PHONY: cluster-test
+cluster-test: infra k8s-tools ## a single-node Kubernetes built here; kubectl apply -k, walkthrough, converter kill, scaling
+	@bash dev/cluster.sh test
+
+.PHONY: image-clean
+image-clean: ## remove the image, its local base and their build cache (the next build starts from nothing)
+	@bash dev/image.sh clean
 
 .PHONY: bench-tools
 bench-tools: ## install Debian's ffmpeg, the benchmarks' baseline (fast when done)

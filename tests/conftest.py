@@ -2,8 +2,8 @@
 
 A test's layer is derived from what it uses, so a new test needs no marker:
 
-- ``system``: it lives in a ``test_system_*.py`` module or uses the ``system`` fixture (the
-  whole system as processes);
+- ``system``: it lives in a ``test_system_*.py`` or ``test_*_system.py`` module or uses the
+  ``system`` fixture (the whole system: as processes, from the image, in a cluster);
 - ``integration``: it uses the ``infra`` fixture, directly or through another fixture (any of
   the real servers: MariaDB, FerretDB, RabbitMQ);
 - ``unit``: anything else — it needs no server and runs under ``make unit``.
@@ -15,7 +15,7 @@ that reaches a server without the fixtures, as the benchmarks' system sections d
 import pytest
 
 # Fixture modules import each other; rewrite their asserts whichever is imported first.
-pytest.register_assert_rewrite("tests.fixtures", "testing")
+pytest.register_assert_rewrite("tests.fixtures", "tests.walkthrough", "testing")
 
 # Listed, not globbed: a fixture module is loaded because it is named here.
 pytest_plugins = [
@@ -41,7 +41,8 @@ def layer_of(item: pytest.Item) -> str:
     if explicit:
         return explicit[0]
     fixtures = set(getattr(item, "fixturenames", ()))
-    if item.path.name.startswith("test_system_") or fixtures & SYSTEM_FIXTURES:
+    stem = item.path.stem
+    if stem.startswith("test_system_") or stem.endswith("_system") or fixtures & SYSTEM_FIXTURES:
         return "system"
     if fixtures & INFRA_FIXTURES:
         return "integration"

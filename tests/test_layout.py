@@ -86,6 +86,7 @@ class FakeItem:
         ("test_x.py", ("tmp_path", "storage_service", "infra"), (), "integration"),
         ("test_x.py", ("system", "infra"), (), "system"),
         ("test_system_x.py", ("tmp_path",), (), "system"),
+        ("test_image_system.py", ("tmp_path",), (), "system"),
         ("test_x.py", ("tmp_path",), ("system",), "system"),  # an explicit marker wins
         ("test_x.py", ("infra",), ("unit",), "unit"),
     ],

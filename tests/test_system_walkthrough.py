@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import subprocess
 import urllib.parse
@@ -15,16 +14,10 @@ import pytest
 
 from common.grpc_tls import GrpcTls
 from testing.infra import Infra, SmtpSink
-from testing.media import audio_duration
-from testing.processes import ROOT, free_port, port_open
+from testing.processes import ROOT, port_open
+from tests.walkthrough import run_walkthrough, system_env
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def walkthrough_script() -> str:
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
-    return block.strip().removeprefix("```sh").removesuffix("```")
 
 
 @pytest.fixture(scope="module")
@@ -33,42 +26,14 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     work = tmp_path_factory.mktemp("up")
     sink = SmtpSink(work)
     sink.start()
-    ports = {
-        name: str(free_port())
-        for name in (
-            "GATEWAY_PORT",
-            "AUTH_PORT",
-            "STORAGE_PORT",
-            "CONVERTER_HEALTH_PORT",
-            "NOTIFIER_HEALTH_PORT",
-        )
-    }
-    env = {
-        **os.environ,
-        **ports,
-        "RUN_DIR": str(work / "run"),
-        "MYSQL_DB": infra.mysql_db,
-        "MONGO_DB": f"{infra.mongo_db}_up",  # its own: a sweeper re-publishes every stuck job it sees
-        "RABBITMQ_VHOST": infra.vhost,
-        "RABBITMQ_URL": infra.rabbitmq_url,
-        "SMTP_PORT": str(sink.port),
-        "SMTP_SINK_DIR": str(sink.mailbox.directory),
-        "AUTH_SVC_ADDRESS": f"127.0.0.1:{ports['AUTH_PORT']}",
-        "STORAGE_SVC_ADDRESS": f"127.0.0.1:{ports['STORAGE_PORT']}",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
-        "JWT_SECRET": infra.service_env()["JWT_SECRET"],
-        # This session's other tests sign up from loopback into the same database.
-        "REGISTER_MAX_PER_ADDRESS": infra.service_env()["REGISTER_MAX_PER_ADDRESS"],
-        "GRPC_TLS_DIR": str(infra.tls_dir),  # the session's certificates (dev/up.sh keeps them)
-    }
-    env.pop("PYTHONPATH", None)
+    env = system_env(infra, sink, work)
     up = subprocess.run(
         ["bash", "dev/up.sh", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "video2mp3 is up" in up.stdout
-        yield {**env, "WORK": str(work)}
+        yield env
     finally:
         down = subprocess.run(
             ["bash", "dev/up.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -79,43 +44,13 @@ def upped(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         client.close()
         assert down.returncode == 0, down.stderr
         # Exactly what it started is gone; the shared infrastructure is still up.
-        assert not port_open("127.0.0.1", int(ports["GATEWAY_PORT"]))
-        assert not port_open("127.0.0.1", int(ports["AUTH_PORT"]))
+        assert not port_open("127.0.0.1", int(env["GATEWAY_PORT"]))
+        assert not port_open("127.0.0.1", int(env["AUTH_PORT"]))
         assert port_open(infra.env["MYSQL_HOST"], int(infra.env["MYSQL_PORT"]))
 
 
 def test_readme_walkthrough_runs_literally(upped: dict[str, str]) -> None:
-    work = Path(upped["WORK"]) / "walk"
-    work.mkdir()
-    (work / ".venv").symlink_to(ROOT / ".venv")
-    (work / "tests").symlink_to(ROOT / "tests")
-    (work / "dev").symlink_to(ROOT / "dev")
-    script = walkthrough_script().replace("127.0.0.1:8080", f"127.0.0.1:{upped['GATEWAY_PORT']}")
-    # The job normally finishes within the walkthrough's pause; on a busy machine wait longer.
-    script = script.replace(
-        "sleep 5",
-        "for i in $(seq 60); do curl -s http://127.0.0.1:"
-        f"{upped['GATEWAY_PORT']}"
-        '/jobs/$JOB -H "Authorization: Bearer $TOKEN" '
-        "| grep -q '\"succeeded\"' && break; sleep 1; done; "
-        ".venv/bin/python dev/mail.py --link --to alice@example.com >/dev/null || sleep 5",
-    )
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=work,
-        env={**upped, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert '"access_token"' in result.stdout
-    assert re.search(r'"state":\s*"succeeded"', result.stdout), result.stdout
-    for name in ("audio.mp3", "from-email.mp3"):
-        mp3 = work / name
-        assert mp3.stat().st_size > 1000
-        assert abs(audio_duration(mp3) - 5.0) < 0.15
-    assert (work / "audio.mp3").read_bytes() == (work / "from-email.mp3").read_bytes()
+    run_walkthrough(upped)
 
 
 def test_grpcurl_lists_auth_and_storage(upped: dict[str, str]) -> None:
