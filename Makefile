@@ -12,6 +12,10 @@ BENCH_ARGS ?=
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+.PHONY: options
+options: ## the upload's conversion options (bitrate, quality, channels, trim, track, normalize, tags, cover), a curl example each
+	@sed -n '/<!-- options:start -->/,/<!-- options:end -->/{/<!-- options:/d;p}' README.md
+
 .PHONY: bootstrap
 bootstrap: ## install the Python environment (.venv) and buf (.tools); fast when done
 	@bash dev/bootstrap.sh

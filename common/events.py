@@ -31,6 +31,7 @@ def conversion_requested(job: jobs_pb2.Job) -> events_pb2.ConversionRequested:
         owner_email=job.owner_email,
         filename=job.filename,
         requested_at=_now(),
+        options=job.options,
     )
 
 

@@ -53,6 +53,7 @@ PERMISSIONS: Table = {
         "MarkNotified": frozenset({NOTIFIER, OPERATOR}),
         "DeleteJob": frozenset({GATEWAY, OPERATOR}),
         "ListStaleJobs": frozenset({GATEWAY, SWEEPER, OPERATOR}),
+        "RecordSource": frozenset({CONVERTER, OPERATOR}),
     },
     HEALTH: {
         "Check": frozenset(CLIENTS),

@@ -9,7 +9,7 @@ from common.amqp import ConsumerSettings
 from common.config import NOT_NEGATIVE, PORT, POSITIVE, SettingsError, at_least, setting
 from common.consumer_settings import ConsumerEnvSettings
 from common.grpc_tls import GrpcTls, tls_dir_setting
-from converter.transcode import EncodeOptions
+from converter.encoders import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)

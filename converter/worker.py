@@ -35,16 +35,17 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 from video2mp3.events.v1 import events_pb2
-from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
+from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, options_pb2, storage_pb2, storage_pb2_grpc
 
 from common import memory
 from common.amqp import Delivery, Outcome, PublishError, TransientError
 from common.events import RK_FAILED, RK_SUCCEEDED, conversion_failed, conversion_succeeded
 from common.file_streams import UploadStream, split_download
 from common.grpc_client import describe, details, is_transient, status_code
+from converter.media import Cancelled, MediaError, title_from_filename
 from converter.settings import Settings
 from converter.spool import Spool
-from converter.transcode import Cancelled, MediaError, Transcoder, title_from_filename
+from converter.transcode import Transcoder
 
 log = logging.getLogger("converter")
 T = TypeVar("T")
@@ -376,13 +377,30 @@ class Converter:
             self._download(request, spool)
             memory.release_free_memory()
             transcoder = Transcoder(
-                spool, title_from_filename(request.filename), self.options, should_stop=self.abort.is_set
+                spool,
+                title_from_filename(request.filename),
+                self.options,
+                should_stop=self.abort.is_set,
+                job=request.options,
+                on_probed=lambda source: self._record_source(request.job_id, source),
+                filename=request.filename,
             )
             return self._upload(request, transcoder)
         finally:
             spool.unlink(missing_ok=True)
             self.spool.sweep()
             memory.release_free_memory()
+
+    def _record_source(self, job_id: str, source: options_pb2.SourceInfo) -> None:
+        """Store what probing found in the job (shown to its owner)."""
+        request = jobs_pb2.RecordSourceRequest(job_id=job_id, source=source)
+        try:
+            self._rpc(
+                "RecordSource",
+                lambda: self.jobs.RecordSource(request, timeout=self.settings.rpc_timeout_seconds),
+            )
+        except grpc.RpcError as error:  # the job finished or vanished meanwhile: settled later
+            log.info("source not recorded", extra={"job_id": job_id, "error": details(error)})
 
     def _spool_path(self, request: events_pb2.ConversionRequested) -> Path:
         return self.spool.new_file(".video")  # mode 0600, in this process's own folder

@@ -27,8 +27,10 @@ from typing import Any
 import grpc
 import pymongo
 import pymongo.errors
-from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2
+from google.protobuf import json_format
+from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, options_pb2, storage_pb2
 
+from common.conversion_options import problem
 from storage.mongo import Mongo, now
 from storage.rpc import parse_id, timestamp, unavailable_on_mongo_error
 
@@ -47,6 +49,7 @@ DEFAULT_STALE_LIMIT = 100
 MAX_STALE_LIMIT = 1000
 MAX_REASON = 1000
 MAX_TEXT = 320
+MAX_TRACKS = 64
 
 
 def state_name(state: int) -> str:
@@ -54,7 +57,7 @@ def state_name(state: int) -> str:
 
 
 def to_job(doc: dict[str, Any]) -> jobs_pb2.Job:
-    return jobs_pb2.Job(
+    job = jobs_pb2.Job(
         id=str(doc["_id"]),
         owner_id=doc.get("owner_id", ""),
         owner_email=doc.get("owner_email", ""),
@@ -68,7 +71,19 @@ def to_job(doc: dict[str, Any]) -> jobs_pb2.Job:
         created_at=timestamp(doc.get("created_at")),
         updated_at=timestamp(doc.get("updated_at")),
         duration_seconds=float(doc.get("duration_seconds", 0.0)),
+        options=json_format.ParseDict(
+            doc.get("options") or {}, options_pb2.ConversionOptions(), ignore_unknown_fields=True
+        ),
     )
+    if doc.get("source"):  # once a converter has probed the video
+        job.source.CopyFrom(
+            json_format.ParseDict(doc["source"], options_pb2.SourceInfo(), ignore_unknown_fields=True)
+        )
+    return job
+
+
+def _as_dict(message: options_pb2.ConversionOptions | options_pb2.SourceInfo) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def reconcile_job_mp3s(mongo: Mongo, doc: dict[str, Any]) -> None:
@@ -108,6 +123,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner_id is required")
         if len(request.owner_email) > MAX_TEXT or len(request.filename) > MAX_TEXT:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner_email or filename is too long")
+        wrong = problem(request.options)
+        if wrong:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"options: {wrong}")
         video_oid = parse_id(request.video_id, "video_id", context)
         with unavailable_on_mongo_error(context):
             self.mongo.ensure_indexes()
@@ -129,6 +147,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 "failure_reason": "",
                 "notified": False,
                 "duration_seconds": 0.0,
+                "options": _as_dict(request.options),
                 "created_at": created,
                 "updated_at": created,
             }
@@ -246,6 +265,26 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
         log.info("job deleted", extra={"job_id": request.job_id})
         return jobs_pb2.DeleteJobResponse()
+
+    def RecordSource(
+        self, request: jobs_pb2.RecordSourceRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.RecordSourceResponse:
+        oid = parse_id(request.job_id, "job_id", context)
+        if len(request.source.audio_tracks) > MAX_TRACKS:
+            request.source.ClearField("audio_tracks")  # listed up to a sane number only
+        with unavailable_on_mongo_error(context):
+            with self._lock(request.job_id):
+                doc = self.mongo.jobs.find_one_and_update(
+                    {"_id": oid, "state": {"$nin": list(TERMINAL)}},
+                    {"$set": {"source": _as_dict(request.source), "updated_at": now()}},
+                    return_document=pymongo.ReturnDocument.AFTER,
+                )
+            if doc is None:
+                if self.mongo.jobs.count_documents({"_id": oid}, limit=1) == 0:
+                    context.abort(grpc.StatusCode.NOT_FOUND, "job not found")
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the job is finished")
+            assert doc is not None
+        return jobs_pb2.RecordSourceResponse(job=to_job(doc))
 
     def ListStaleJobs(
         self, request: jobs_pb2.ListStaleJobsRequest, context: grpc.ServicerContext

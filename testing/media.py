@@ -8,6 +8,7 @@ Files are small (tiny frames, few fps) so a test suite can make many of them qui
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +49,13 @@ class MediaSpec:
     fps: int = 10
     audio_tracks: int = 1
     frequency: float = 440.0
+    # Per audio track (missing entries: no language, amplitude 0.3).
+    languages: tuple[str, ...] = ()
+    amplitudes: tuple[float, ...] = ()
+    default_track: int | None = None  # the track flagged default (None: as the muxer does)
+    tags: tuple[tuple[str, str], ...] = ()  # container tags: ("artist", "Someone"), …
+    chapters: tuple[tuple[float, float, str], ...] = ()  # (start s, end s, title)
+    cover: bool = False  # an attached picture (a JPEG): MP4 covr, Matroska attachment
 
 
 def _layout(channels: int) -> str:
@@ -76,19 +84,83 @@ def make_media(path: Path, spec: MediaSpec | None = None) -> Path:
         if audio_codec is not None:
             encoder = ENCODERS.get(audio_codec, audio_codec)
             rate = FIXED_RATES.get(encoder, spec.sample_rate)
-            for _ in range(spec.audio_tracks):
+            for index in range(spec.audio_tracks):
                 # FFmpeg's own Vorbis encoder is marked experimental.
                 options = {"strict": "experimental"} if encoder == "vorbis" else {}
                 astream = out.add_stream(encoder, rate=rate, options=options)
                 assert isinstance(astream, av.AudioStream)
                 astream.layout = _layout(spec.channels)
+                if index < len(spec.languages):
+                    astream.metadata["language"] = spec.languages[index]
+                if spec.default_track is not None:
+                    default = av.stream.Disposition.default
+                    astream.disposition = default if index == spec.default_track else av.stream.Disposition(0)
                 astreams.append(astream)
+        picture = None
+        if spec.cover and fmt in ("matroska", "webm"):
+            out.add_attachment("cover.jpg", "image/jpeg", cover_jpeg())  # as mkvpropedit does
+        elif spec.cover:
+            picture = _add_cover(out)
+        for key, value in spec.tags:
+            out.metadata[key] = value
+        if spec.chapters:
+            out.set_chapters(
+                [
+                    {
+                        "id": i + 1,
+                        "start": round(a * 1000),
+                        "end": round(b * 1000),
+                        "time_base": Fraction(1, 1000),
+                        "metadata": {"title": title},
+                    }
+                    for i, (a, b, title) in enumerate(spec.chapters)
+                ]
+            )
 
+        if picture is not None:
+            picture()
         if vstream is not None:
             _write_video(out, vstream, spec)
         for index, astream in enumerate(astreams):
-            _write_audio(out, astream, spec, spec.frequency * (index + 1))
+            amplitude = spec.amplitudes[index] if index < len(spec.amplitudes) else 0.3
+            _write_audio(out, astream, spec, spec.frequency * (index + 1), amplitude)
     return path
+
+
+COVER_SIZE = (96, 64)  # width, height of the attached picture the factory makes
+
+
+def cover_jpeg() -> bytes:
+    """A small JPEG: red left half, blue right half."""
+    width, height = COVER_SIZE
+    img = np.zeros((height, width, 3), dtype=np.uint8)
+    img[:, : width // 2, 0] = 220
+    img[:, width // 2 :, 2] = 220
+    ctx = av.CodecContext.create("mjpeg", "w")
+    assert isinstance(ctx, av.VideoCodecContext)
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuvj420p", Fraction(1, 25)
+    ctx.open()
+    frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuvj420p")
+    frame.pts = 0
+    return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
+
+
+def _add_cover(out: av.container.OutputContainer) -> Callable[[], None]:
+    """Adds an attached-picture stream; the returned function writes its one packet."""
+    stream = out.add_stream("mjpeg")
+    assert isinstance(stream, av.VideoStream)
+    stream.width, stream.height = COVER_SIZE
+    stream.pix_fmt = "yuvj420p"
+    stream.disposition = av.stream.Disposition.attached_pic
+
+    def write() -> None:
+        packet = av.Packet(cover_jpeg())
+        packet.stream = stream
+        packet.pts = packet.dts = 0
+        packet.time_base = Fraction(1, 90000)
+        out.mux(packet)
+
+    return write
 
 
 def _write_video(out: av.container.OutputContainer, stream: av.VideoStream, spec: MediaSpec) -> None:
@@ -105,7 +177,11 @@ def _write_video(out: av.container.OutputContainer, stream: av.VideoStream, spec
 
 
 def _write_audio(
-    out: av.container.OutputContainer, stream: av.AudioStream, spec: MediaSpec, frequency: float
+    out: av.container.OutputContainer,
+    stream: av.AudioStream,
+    spec: MediaSpec,
+    frequency: float,
+    amplitude: float = 0.3,
 ) -> None:
     ctx = stream.codec_context
     rate = ctx.sample_rate
@@ -117,7 +193,7 @@ def _write_audio(
     for start in range(0, total, chunk):
         n = min(chunk, total - start)
         t = (np.arange(start, start + n) / rate).astype(np.float32)
-        tone = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+        tone = (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
         planes = np.tile(tone, (spec.channels, 1))
         frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=_layout(spec.channels))
         frame.sample_rate = rate

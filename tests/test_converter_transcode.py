@@ -10,12 +10,13 @@ import av
 import numpy as np
 import pytest
 
+from converter import transcode
+from converter.tags import clean_text
 from converter.transcode import (
     EncodeOptions,
     Failure,
     MediaError,
     Transcoder,
-    id3v2_title,
     output_channels,
     output_rate,
     title_from_filename,
@@ -160,7 +161,7 @@ def test_falls_back_to_pyav_when_lameenc_is_missing(
     transcoder = Transcoder(source, "x")
     target = tmp_path / "out.mp3"
     target.write_bytes(b"".join(transcoder.chunks()))
-    assert transcoder.encoder_name == "_PyAVEncoder"
+    assert transcoder.encoder_name == "PyAVEncoder"
     check_mp3(target, source, channels=2)
 
 
@@ -171,7 +172,7 @@ def test_id3_title_from_the_original_filename(media_cache: MediaCache, tmp_path:
     mp3 = convert(source, tmp_path, title=title)
     with av.open(str(mp3)) as container:
         assert container.metadata.get("title") == title
-    assert id3v2_title("\x00\n") == b""
+    assert clean_text("\x00\n") == ""
     assert title_from_filename("noext") == "noext"
     assert title_from_filename(".hidden") == ".hidden"
 
@@ -221,21 +222,21 @@ def test_video_packets_are_never_decoded(
     assert decoded_types and set(decoded_types) == {"audio"}
 
 
-def test_chunks_stream_as_they_are_produced(media_cache: MediaCache) -> None:
-    """Frame by frame on one encoder thread (tests/test_converter_segments.py has the
-    same for several threads, segment by segment)."""
+def test_chunks_come_from_a_temporary_file_that_is_removed(media_cache: MediaCache) -> None:
+    """The frames are encoded into a file beside the video first (the Xing header at the
+    front counts them); the chunks then stream from it, and the file is gone afterwards."""
     source = media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=20.0))
+    before = set(source.parent.iterdir())
     transcoder = Transcoder(source, "stream", EncodeOptions(threads=1))
     chunks = transcoder.chunks()
     first = next(chunks)
     assert first.startswith(b"ID3")
-    # The first chunk (64 KiB, under 3 s at 192 kb/s) arrives long before the whole file
-    # is decoded (the decoding thread is at most a few frames ahead).
-    assert transcoder.duration_seconds < 12.0
+    assert next(p.name for p in set(source.parent.iterdir()) - before).startswith(".mp3-")
     rest = list(chunks)
     assert len(rest) >= 1
     assert abs(transcoder.duration_seconds - 20.0) < 0.1
     assert transcoder.bytes_out == len(first) + sum(len(c) for c in rest)
+    assert set(source.parent.iterdir()) == before
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -308,7 +309,7 @@ def test_over_the_duration_limit_while_decoding(
 ) -> None:
     """A header can lie (or say nothing): decoded audio is counted too."""
     source = media_cache.get(MediaSpec(container="ts", audio_codec="mp2", duration=2.0))
-    monkeypatch.setattr(Transcoder, "_declared_duration", lambda self: None)
+    monkeypatch.setattr(transcode, "stream_duration", lambda container, stream: None)
     error = failure_of(source, EncodeOptions(max_duration_seconds=1.0))
     assert error.kind is Failure.TOO_LONG
 

@@ -9,6 +9,7 @@ from video2mp3.storage.v1 import jobs_pb2
 
 from gateway.auth_guard import current_user, login_required
 from gateway.clients import call_metadata, get_clients
+from gateway.options import source_json, to_json
 from gateway.views.shared import base_url, grpc_timeout, iso
 
 bp = Blueprint("jobs", __name__)
@@ -36,6 +37,9 @@ def job_json(job: jobs_pb2.Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "status_url": f"{base_url()}/jobs/{job.id}",
     }
+    body["options"] = to_json(job.options)
+    if job.HasField("source") and job.source.container:
+        body["source"] = source_json(job.source)
     if job.duration_seconds:
         body["duration_seconds"] = round(job.duration_seconds, 3)
     if state == "succeeded" and job.mp3_id:

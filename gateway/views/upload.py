@@ -1,9 +1,12 @@
 """``POST /upload``.
 
 The multipart body is read block by block and its file field streamed to
-StorageService.Upload as it arrives; then the job is created and ConversionRequested
-published with confirms. If any step fails, what was created is removed again and the
-client gets the error (503 when a backend is down): no orphan video, no job that never runs.
+StorageService.Upload as it arrives; the conversion options (text fields) may come before
+or after it. Options before the file are checked before anything is stored; options after
+it once the file is stored (a bad one removes it again). Then the job is created and
+ConversionRequested published with confirms. If any step fails, what was created is
+removed again and the client gets the error (400 naming a bad option, 503 when a backend
+is down): no orphan video, no job that never runs.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from collections.abc import Iterator
 import grpc
 from flask import Blueprint, Response, current_app, jsonify, request
 from video2mp3.auth.v1 import auth_pb2
-from video2mp3.storage.v1 import jobs_pb2, storage_pb2
+from video2mp3.storage.v1 import jobs_pb2, options_pb2, storage_pb2
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from common.amqp import PublishError
 from common.events import RK_REQUESTED, conversion_requested
 from common.file_streams import UploadStream
 from common.grpc_client import STREAM_TIMEOUT
+from gateway import options as upload_options
 from gateway.auth_guard import current_user, login_required
 from gateway.clients import Clients, call_metadata, get_clients
 from gateway.errors import ApiError, from_rpc_error
@@ -75,14 +79,18 @@ def _boundary() -> bytes:
     return boundary.encode("latin-1")
 
 
-def _store_video(clients: Clients, user: auth_pb2.User, limit: int) -> storage_pb2.FileInfo:
+def _store_video(
+    clients: Clients, user: auth_pb2.User, limit: int
+) -> tuple[storage_pb2.FileInfo, MultipartFile]:
+    """The stored video, and the reader of the body (at the end of the file part)."""
     boundary = _boundary()
     request.max_content_length = limit + MULTIPART_OVERHEAD
     try:
-        reader = MultipartFile(request.stream, boundary)
+        reader = MultipartFile(request.stream, boundary, allowed=upload_options.FIELDS)
         filename = reader.open()
     except RequestEntityTooLarge:
         raise _too_large(limit) from None
+    upload_options.parse(reader.fields)  # a bad option before the file: nothing is stored
     source = _Source(reader, limit)
     header = storage_pb2.UploadHeader(
         bucket=storage_pb2.BUCKET_VIDEOS,
@@ -101,7 +109,21 @@ def _store_video(clients: Clients, user: auth_pb2.User, limit: int) -> storage_p
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise _too_large(limit) from None
         raise from_rpc_error(error) from None
-    return response.file
+    return response.file, reader
+
+
+def _options(
+    clients: Clients, user: auth_pb2.User, video: storage_pb2.FileInfo, reader: MultipartFile, limit: int
+) -> options_pb2.ConversionOptions:
+    """The options of the whole form (fields after the file read now); a bad one removes
+    the stored video before the client gets its 400."""
+    try:
+        return upload_options.parse(reader.finish())
+    except BaseException as error:
+        _rollback(clients, user, video.id, None)
+        if isinstance(error, ApiError | HTTPException | OSError):
+            raise _client_side(error, limit) from None
+        raise
 
 
 def _client_side(error: BaseException, limit: int) -> BaseException:
@@ -154,12 +176,17 @@ def upload() -> tuple[Response, int]:
     clients = get_clients()
     user = current_user()
     limit = current_app.extensions["video2mp3.settings"].max_upload_bytes
-    video = _store_video(clients, user, limit)
+    video, reader = _store_video(clients, user, limit)
+    options = _options(clients, user, video, reader, limit)
     job_id: str | None = None
     try:
         job = clients.jobs.CreateJob(
             jobs_pb2.CreateJobRequest(
-                owner_id=user.id, owner_email=user.email, video_id=video.id, filename=video.filename
+                owner_id=user.id,
+                owner_email=user.email,
+                video_id=video.id,
+                filename=video.filename,
+                options=options,
             ),
             timeout=grpc_timeout(),
             metadata=call_metadata(),
@@ -187,6 +214,7 @@ def upload() -> tuple[Response, int]:
         "size": video.size,
         "sha256": video.sha256,
         "filename": video.filename,
+        "options": upload_options.to_json(job.options),
         "status_url": f"{base_url()}/jobs/{job.id}",
     }
     response = jsonify(body)

@@ -23,19 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from video2mp3.storage.v1 import options_pb2 as video2mp3_dot_storage_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n video2mp3/events/v1/events.proto\x12\x13video2mp3.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\x13\x43onversionRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x13\n\x0bowner_email\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x13\x43onversionSucceeded\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x0e\n\x06mp3_id\x18\x03 \x01(\t\x12\x10\n\x08owner_id\x18\x04 \x01(\t\x12\x13\n\x0bowner_email\x18\x05 \x01(\t\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\x12\x10\n\x08mp3_size\x18\x08 \x01(\x03\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x10\x43onversionFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x13\n\x0bowner_email\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n video2mp3/events/v1/events.proto\x12\x13video2mp3.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"video2mp3/storage/v1/options.proto\"\xdc\x01\n\x13\x43onversionRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x13\n\x0bowner_email\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x07options\x18\x14 \x01(\x0b\x32\'.video2mp3.storage.v1.ConversionOptions\"\xdd\x01\n\x13\x43onversionSucceeded\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x0e\n\x06mp3_id\x18\x03 \x01(\t\x12\x10\n\x08owner_id\x18\x04 \x01(\t\x12\x13\n\x0bowner_email\x18\x05 \x01(\t\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\x12\x10\n\x08mp3_size\x18\x08 \x01(\x03\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x10\x43onversionFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x13\n\x0bowner_email\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'video2mp3.events.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSIONREQUESTED']._serialized_start=91
-  _globals['_CONVERSIONREQUESTED']._serialized_end=253
-  _globals['_CONVERSIONSUCCEEDED']._serialized_start=256
-  _globals['_CONVERSIONSUCCEEDED']._serialized_end=477
-  _globals['_CONVERSIONFAILED']._serialized_start=480
-  _globals['_CONVERSIONFAILED']._serialized_end=654
+  _globals['_CONVERSIONREQUESTED']._serialized_start=127
+  _globals['_CONVERSIONREQUESTED']._serialized_end=347
+  _globals['_CONVERSIONSUCCEEDED']._serialized_start=350
+  _globals['_CONVERSIONSUCCEEDED']._serialized_end=571
+  _globals['_CONVERSIONFAILED']._serialized_start=574
+  _globals['_CONVERSIONFAILED']._serialized_end=748
 # @@protoc_insertion_point(module_scope)

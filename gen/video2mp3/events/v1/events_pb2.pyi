@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from video2mp3.storage.v1 import options_pb2 as _options_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -31,6 +32,7 @@ class ConversionRequested(_message.Message):
     OWNER_EMAIL_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     video_id: _builtins.str
     owner_id: _builtins.str
@@ -38,6 +40,10 @@ class ConversionRequested(_message.Message):
     filename: _builtins.str
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def options(self) -> _options_pb2.ConversionOptions:
+        """What the uploader chose; unset fields are the defaults."""
+
     def __init__(
         self,
         *,
@@ -47,10 +53,11 @@ class ConversionRequested(_message.Message):
         owner_email: _builtins.str = ...,
         filename: _builtins.str = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
+        options: _options_pb2.ConversionOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "job_id", b"job_id", "owner_email", b"owner_email", "owner_id", b"owner_id", "requested_at", b"requested_at", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "job_id", b"job_id", "options", b"options", "owner_email", b"owner_email", "owner_id", b"owner_id", "requested_at", b"requested_at", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

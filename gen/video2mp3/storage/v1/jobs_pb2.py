@@ -23,47 +23,52 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from video2mp3.storage.v1 import options_pb2 as video2mp3_dot_storage_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fvideo2mp3/storage/v1/jobs.proto\x12\x14video2mp3.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x13\n\x0bowner_email\x18\x03 \x01(\t\x12\x10\n\x08video_id\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x0e\n\x06mp3_id\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\x12\x10\n\x08notified\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64uration_seconds\x18\r \x01(\x01\"]\n\x10\x43reateJobRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x13\n\x0bowner_email\x18\x02 \x01(\t\x12\x10\n\x08video_id\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\";\n\x11\x43reateJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"1\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\"8\n\x0eGetJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"2\n\x0fListJobsRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\";\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.video2mp3.storage.v1.Job\"\xef\x01\n\x14TransitionJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\x0e\x65xpected_state\x18\x02 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x31\n\tnew_state\x18\x03 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x0e\n\x06mp3_id\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12\x1a\n\x12increment_attempts\x18\x06 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\"?\n\x15TransitionJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"%\n\x13MarkNotifiedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x14MarkNotifiedResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"p\n\x14ListStaleJobsRequest\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x1a\n\x12older_than_seconds\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"@\n\x15ListStaleJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.video2mp3.storage.v1.Job*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_CONVERTING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xb3\x05\n\nJobService\x12\\\n\tCreateJob\x12&.video2mp3.storage.v1.CreateJobRequest\x1a\'.video2mp3.storage.v1.CreateJobResponse\x12S\n\x06GetJob\x12#.video2mp3.storage.v1.GetJobRequest\x1a$.video2mp3.storage.v1.GetJobResponse\x12Y\n\x08ListJobs\x12%.video2mp3.storage.v1.ListJobsRequest\x1a&.video2mp3.storage.v1.ListJobsResponse\x12h\n\rTransitionJob\x12*.video2mp3.storage.v1.TransitionJobRequest\x1a+.video2mp3.storage.v1.TransitionJobResponse\x12\x65\n\x0cMarkNotified\x12).video2mp3.storage.v1.MarkNotifiedRequest\x1a*.video2mp3.storage.v1.MarkNotifiedResponse\x12\\\n\tDeleteJob\x12&.video2mp3.storage.v1.DeleteJobRequest\x1a\'.video2mp3.storage.v1.DeleteJobResponse\x12h\n\rListStaleJobs\x12*.video2mp3.storage.v1.ListStaleJobsRequest\x1a+.video2mp3.storage.v1.ListStaleJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fvideo2mp3/storage/v1/jobs.proto\x12\x14video2mp3.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"video2mp3/storage/v1/options.proto\"\xbd\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x13\n\x0bowner_email\x18\x03 \x01(\t\x12\x10\n\x08video_id\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x0e\n\x06mp3_id\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\x12\x10\n\x08notified\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64uration_seconds\x18\r \x01(\x01\x12\x38\n\x07options\x18\x14 \x01(\x0b\x32\'.video2mp3.storage.v1.ConversionOptions\x12\x30\n\x06source\x18\x15 \x01(\x0b\x32 .video2mp3.storage.v1.SourceInfo\"\x97\x01\n\x10\x43reateJobRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x13\n\x0bowner_email\x18\x02 \x01(\t\x12\x10\n\x08video_id\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12\x38\n\x07options\x18\x14 \x01(\x0b\x32\'.video2mp3.storage.v1.ConversionOptions\";\n\x11\x43reateJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"1\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\"8\n\x0eGetJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"2\n\x0fListJobsRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\";\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.video2mp3.storage.v1.Job\"\xef\x01\n\x14TransitionJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\x0e\x65xpected_state\x18\x02 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x31\n\tnew_state\x18\x03 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x0e\n\x06mp3_id\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12\x1a\n\x12increment_attempts\x18\x06 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\"?\n\x15TransitionJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"%\n\x13MarkNotifiedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x14MarkNotifiedResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"p\n\x14ListStaleJobsRequest\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.video2mp3.storage.v1.JobState\x12\x1a\n\x12older_than_seconds\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"@\n\x15ListStaleJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.video2mp3.storage.v1.Job\"W\n\x13RecordSourceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x30\n\x06source\x18\x02 \x01(\x0b\x32 .video2mp3.storage.v1.SourceInfo\">\n\x14RecordSourceResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.video2mp3.storage.v1.Job*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_CONVERTING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\x9a\x06\n\nJobService\x12\\\n\tCreateJob\x12&.video2mp3.storage.v1.CreateJobRequest\x1a\'.video2mp3.storage.v1.CreateJobResponse\x12S\n\x06GetJob\x12#.video2mp3.storage.v1.GetJobRequest\x1a$.video2mp3.storage.v1.GetJobResponse\x12Y\n\x08ListJobs\x12%.video2mp3.storage.v1.ListJobsRequest\x1a&.video2mp3.storage.v1.ListJobsResponse\x12h\n\rTransitionJob\x12*.video2mp3.storage.v1.TransitionJobRequest\x1a+.video2mp3.storage.v1.TransitionJobResponse\x12\x65\n\x0cMarkNotified\x12).video2mp3.storage.v1.MarkNotifiedRequest\x1a*.video2mp3.storage.v1.MarkNotifiedResponse\x12\\\n\tDeleteJob\x12&.video2mp3.storage.v1.DeleteJobRequest\x1a\'.video2mp3.storage.v1.DeleteJobResponse\x12h\n\rListStaleJobs\x12*.video2mp3.storage.v1.ListStaleJobsRequest\x1a+.video2mp3.storage.v1.ListStaleJobsResponse\x12\x65\n\x0cRecordSource\x12).video2mp3.storage.v1.RecordSourceRequest\x1a*.video2mp3.storage.v1.RecordSourceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'video2mp3.storage.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1456
-  _globals['_JOBSTATE']._serialized_end=1588
-  _globals['_JOB']._serialized_start=91
-  _globals['_JOB']._serialized_end=428
-  _globals['_CREATEJOBREQUEST']._serialized_start=430
-  _globals['_CREATEJOBREQUEST']._serialized_end=523
-  _globals['_CREATEJOBRESPONSE']._serialized_start=525
-  _globals['_CREATEJOBRESPONSE']._serialized_end=584
-  _globals['_GETJOBREQUEST']._serialized_start=586
-  _globals['_GETJOBREQUEST']._serialized_end=635
-  _globals['_GETJOBRESPONSE']._serialized_start=637
-  _globals['_GETJOBRESPONSE']._serialized_end=693
-  _globals['_LISTJOBSREQUEST']._serialized_start=695
-  _globals['_LISTJOBSREQUEST']._serialized_end=745
-  _globals['_LISTJOBSRESPONSE']._serialized_start=747
-  _globals['_LISTJOBSRESPONSE']._serialized_end=806
-  _globals['_TRANSITIONJOBREQUEST']._serialized_start=809
-  _globals['_TRANSITIONJOBREQUEST']._serialized_end=1048
-  _globals['_TRANSITIONJOBRESPONSE']._serialized_start=1050
-  _globals['_TRANSITIONJOBRESPONSE']._serialized_end=1113
-  _globals['_MARKNOTIFIEDREQUEST']._serialized_start=1115
-  _globals['_MARKNOTIFIEDREQUEST']._serialized_end=1152
-  _globals['_MARKNOTIFIEDRESPONSE']._serialized_start=1154
-  _globals['_MARKNOTIFIEDRESPONSE']._serialized_end=1216
-  _globals['_DELETEJOBREQUEST']._serialized_start=1218
-  _globals['_DELETEJOBREQUEST']._serialized_end=1252
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1254
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1273
-  _globals['_LISTSTALEJOBSREQUEST']._serialized_start=1275
-  _globals['_LISTSTALEJOBSREQUEST']._serialized_end=1387
-  _globals['_LISTSTALEJOBSRESPONSE']._serialized_start=1389
-  _globals['_LISTSTALEJOBSRESPONSE']._serialized_end=1453
-  _globals['_JOBSERVICE']._serialized_start=1591
-  _globals['_JOBSERVICE']._serialized_end=2282
+  _globals['_JOBSTATE']._serialized_start=1812
+  _globals['_JOBSTATE']._serialized_end=1944
+  _globals['_JOB']._serialized_start=127
+  _globals['_JOB']._serialized_end=572
+  _globals['_CREATEJOBREQUEST']._serialized_start=575
+  _globals['_CREATEJOBREQUEST']._serialized_end=726
+  _globals['_CREATEJOBRESPONSE']._serialized_start=728
+  _globals['_CREATEJOBRESPONSE']._serialized_end=787
+  _globals['_GETJOBREQUEST']._serialized_start=789
+  _globals['_GETJOBREQUEST']._serialized_end=838
+  _globals['_GETJOBRESPONSE']._serialized_start=840
+  _globals['_GETJOBRESPONSE']._serialized_end=896
+  _globals['_LISTJOBSREQUEST']._serialized_start=898
+  _globals['_LISTJOBSREQUEST']._serialized_end=948
+  _globals['_LISTJOBSRESPONSE']._serialized_start=950
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1009
+  _globals['_TRANSITIONJOBREQUEST']._serialized_start=1012
+  _globals['_TRANSITIONJOBREQUEST']._serialized_end=1251
+  _globals['_TRANSITIONJOBRESPONSE']._serialized_start=1253
+  _globals['_TRANSITIONJOBRESPONSE']._serialized_end=1316
+  _globals['_MARKNOTIFIEDREQUEST']._serialized_start=1318
+  _globals['_MARKNOTIFIEDREQUEST']._serialized_end=1355
+  _globals['_MARKNOTIFIEDRESPONSE']._serialized_start=1357
+  _globals['_MARKNOTIFIEDRESPONSE']._serialized_end=1419
+  _globals['_DELETEJOBREQUEST']._serialized_start=1421
+  _globals['_DELETEJOBREQUEST']._serialized_end=1455
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1457
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1476
+  _globals['_LISTSTALEJOBSREQUEST']._serialized_start=1478
+  _globals['_LISTSTALEJOBSREQUEST']._serialized_end=1590
+  _globals['_LISTSTALEJOBSRESPONSE']._serialized_start=1592
+  _globals['_LISTSTALEJOBSRESPONSE']._serialized_end=1656
+  _globals['_RECORDSOURCEREQUEST']._serialized_start=1658
+  _globals['_RECORDSOURCEREQUEST']._serialized_end=1745
+  _globals['_RECORDSOURCERESPONSE']._serialized_start=1747
+  _globals['_RECORDSOURCERESPONSE']._serialized_end=1809
+  _globals['_JOBSERVICE']._serialized_start=1947
+  _globals['_JOBSERVICE']._serialized_end=2741
 # @@protoc_insertion_point(module_scope)

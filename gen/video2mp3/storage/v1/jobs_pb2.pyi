@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from video2mp3.storage.v1 import options_pb2 as _options_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -61,6 +62,8 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner_id: _builtins.str
     owner_email: _builtins.str
@@ -78,6 +81,14 @@ class Job(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def options(self) -> _options_pb2.ConversionOptions:
+        """The options given with the upload."""
+
+    @_builtins.property
+    def source(self) -> _options_pb2.SourceInfo:
+        """The source video, once a converter has probed it."""
+
     def __init__(
         self,
         *,
@@ -94,10 +105,12 @@ class Job(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         duration_seconds: _builtins.float = ...,
+        options: _options_pb2.ConversionOptions | None = ...,
+        source: _options_pb2.SourceInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "options", b"options", "source", b"source", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "filename", b"filename", "id", b"id", "mp3_id", b"mp3_id", "notified", b"notified", "owner_email", b"owner_email", "owner_id", b"owner_id", "state", b"state", "updated_at", b"updated_at", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "filename", b"filename", "id", b"id", "mp3_id", b"mp3_id", "notified", b"notified", "options", b"options", "owner_email", b"owner_email", "owner_id", b"owner_id", "source", b"source", "state", b"state", "updated_at", b"updated_at", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,10 +124,13 @@ class CreateJobRequest(_message.Message):
     OWNER_EMAIL_FIELD_NUMBER: _builtins.int
     VIDEO_ID_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     owner_email: _builtins.str
     video_id: _builtins.str
     filename: _builtins.str
+    @_builtins.property
+    def options(self) -> _options_pb2.ConversionOptions: ...
     def __init__(
         self,
         *,
@@ -122,10 +138,11 @@ class CreateJobRequest(_message.Message):
         owner_email: _builtins.str = ...,
         video_id: _builtins.str = ...,
         filename: _builtins.str = ...,
+        options: _options_pb2.ConversionOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "owner_email", b"owner_email", "owner_id", b"owner_id", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "options", b"options", "owner_email", b"owner_email", "owner_id", b"owner_id", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,3 +432,46 @@ class ListStaleJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListStaleJobsResponse: _TypeAlias = ListStaleJobsResponse  # noqa: Y015
+
+@_typing.final
+class RecordSourceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def source(self) -> _options_pb2.SourceInfo: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        source: _options_pb2.SourceInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordSourceRequest: _TypeAlias = RecordSourceRequest  # noqa: Y015
+
+@_typing.final
+class RecordSourceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordSourceResponse: _TypeAlias = RecordSourceResponse  # noqa: Y015

@@ -70,6 +70,11 @@ class JobServiceStub:
                 request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.SerializeToString,
                 response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.FromString,
                 _registered_method=True)
+        self.RecordSource = channel.unary_unary(
+                '/video2mp3.storage.v1.JobService/RecordSource',
+                request_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceRequest.SerializeToString,
+                response_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -139,6 +144,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordSource(self, request, context):
+        """RecordSource stores what probing the job's video found (a converter calls it once the
+        video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +189,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListStaleJobs,
                     request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.FromString,
                     response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.SerializeToString,
+            ),
+            'RecordSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSource,
+                    request_deserializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceRequest.FromString,
+                    response_serializer=video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +386,33 @@ class JobService:
             '/video2mp3.storage.v1.JobService/ListStaleJobs',
             video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsRequest.SerializeToString,
             video2mp3_dot_storage_dot_v1_dot_jobs__pb2.ListStaleJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/video2mp3.storage.v1.JobService/RecordSource',
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceRequest.SerializeToString,
+            video2mp3_dot_storage_dot_v1_dot_jobs__pb2.RecordSourceResponse.FromString,
             options,
             channel_credentials,
             insecure,

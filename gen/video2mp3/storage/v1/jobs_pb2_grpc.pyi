@@ -64,6 +64,10 @@ class JobServiceStub:
     """
     ListStaleJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+    RecordSource: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RecordSourceRequest, _jobs_pb2.RecordSourceResponse]
+    """RecordSource stores what probing the job's video found (a converter calls it once the
+    video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -101,6 +105,10 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     ListStaleJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListStaleJobsRequest, _jobs_pb2.ListStaleJobsResponse]  # type: ignore[assignment]
     """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+    RecordSource: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RecordSourceRequest, _jobs_pb2.RecordSourceResponse]  # type: ignore[assignment]
+    """RecordSource stores what probing the job's video found (a converter calls it once the
+    video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService keeps conversion job records. It runs in the storage process."""
@@ -177,5 +185,15 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListStaleJobsResponse, _abc.Awaitable[_jobs_pb2.ListStaleJobsResponse]]:
         """ListStaleJobs returns jobs that stayed in a state longer than a given age."""
+
+    @_abc_1.abstractmethod
+    def RecordSource(
+        self,
+        request: _jobs_pb2.RecordSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.RecordSourceResponse, _abc.Awaitable[_jobs_pb2.RecordSourceResponse]]:
+        """RecordSource stores what probing the job's video found (a converter calls it once the
+        video is opened). FAILED_PRECONDITION when the job is finished; NOT_FOUND when missing.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
