@@ -33,7 +33,7 @@ lint: bootstrap ## buf lint, stale-stub check, ruff, mypy
 	    echo "generated stubs in gen/ are stale: run 'make protos' and commit" >&2; exit 1; fi; rm -rf $$tmp
 	@$(ROOT)/.venv/bin/ruff check .
 	@$(ROOT)/.venv/bin/ruff format --check .
-	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) tests dev/smtp_sink.py dev/keep_running.py dev/image_containers.py
+	@$(ROOT)/.venv/bin/mypy $(wildcard common auth storage gateway converter notifier benchmarks) testing tests dev/smtp_sink.py dev/keep_running.py dev/image_containers.py
 
 .PHONY: fmt
 fmt: bootstrap ## format the Python code with ruff
@@ -62,6 +62,10 @@ manifests: bootstrap k8s-tools ## render manifests/, validate for Kubernetes 1.3
 .PHONY: test
 test: infra k8s-tools bench-tools ## run the whole test suite against real servers (tests/test_manifests.py is `make manifests`)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: bootstrap ## run the unit tests only: no server needed, under a minute (tests/conftest.py says what is a unit)
+	@$(PY) -m pytest -m unit -q -p no:cacheprovider $(PYTEST_ARGS)
 
 .PHONY: image
 image: bootstrap k8s-tools ## build the image with Podman on a local Debian base (no registry needed); prints its size

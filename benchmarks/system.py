@@ -1,6 +1,6 @@
 """The whole system for sections 2 and 3: its own slice of the shared servers (MySQL
 database, Mongo database, RabbitMQ virtual host, SMTP sink), the five services started as
-processes with the test harness's helpers, and an HTTP client of the documented API.
+processes with the shared helpers of testing/, and an HTTP client of the documented API.
 
     with System.started(work_dir, converters=2) as system:
         client = system.client()
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from dev.wait_healthy import grpc_serving, http_ok
-from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
-from tests.fixtures.infra import infra_slice as tests_infra_slice
-from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
+from testing.infra import Infra, SmtpSink, rabbitmqctl
+from testing.infra import infra_slice as shared_infra_slice
+from testing.processes import ROOT, ServiceProcess, free_port, python_module, wait_for
 
 GIB = 1024**3
 SERVICES = {  # what must exist on this branch for the whole system to run
@@ -62,7 +62,7 @@ def missing_services() -> list[str]:
 
 def infra_slice(work_dir: Path) -> contextlib.AbstractContextManager[Infra]:
     """Like the tests' ``infra`` fixture: own MySQL db, Mongo db and vhost on the shared servers."""
-    return tests_infra_slice(work_dir, kind="bench")
+    return shared_infra_slice(work_dir, kind="bench")
 
 
 @dataclass

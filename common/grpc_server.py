@@ -166,15 +166,17 @@ def create_server(
     max_message_bytes: int = 8 * 1024 * 1024,
     health_port: int | None = None,
     permissions: Table = PERMISSIONS,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Build (not start) a server. ``registrations`` pairs each full service name with a
     function that adds its servicer. ``port=0`` picks a free port (for tests);
-    ``health_port`` None: no health-only listener, 0: one on a free port."""
+    ``health_port`` None: no health-only listener, 0: one on a free port; ``interceptors``
+    run after the access check (tests inject faults with one)."""
     registrations = list(registrations)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         # The request interceptor is the outer one: refused calls are logged too.
-        interceptors=[RequestInterceptor(), AccessInterceptor(permissions)],
+        interceptors=[RequestInterceptor(), AccessInterceptor(permissions), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -35,8 +35,7 @@ def main(service: Service) -> int:
     service.closing(converter.close, "spool")
     converter.spool.sweep()  # what converters killed earlier left behind
     consumers = [
-        Consumer(settings.consumer_settings(), converter, name=f"converter-{i}")
-        for i in range(settings.workers)
+        Consumer(settings.video_consumer(), converter, name=f"converter-{i}") for i in range(settings.workers)
     ]
 
     def finish_then_cut_off() -> None:

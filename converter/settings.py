@@ -5,28 +5,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
-from common.amqp import ConsumerSettings, Topology
-from common.config import (
-    NOT_NEGATIVE,
-    PORT,
-    POSITIVE,
-    EnvSettings,
-    SettingsError,
-    at_least,
-    rabbitmq_setting,
-    setting,
-)
+from common.amqp import ConsumerSettings
+from common.config import NOT_NEGATIVE, PORT, POSITIVE, SettingsError, at_least, setting
+from common.consumer_settings import ConsumerEnvSettings
 from common.grpc_tls import GrpcTls, tls_dir_setting
 from converter.encoders import EncodeOptions
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(EnvSettings):
+class Settings(ConsumerEnvSettings):
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
     grpc_tls_dir: str = tls_dir_setting()
-    rabbitmq_url: str = rabbitmq_setting()
-    video_queue: str = setting("VIDEO_QUEUE", "video")
-    mp3_queue: str = setting("MP3_QUEUE", "mp3")
     # Each worker is one AMQP connection + consumer; each runs up to `prefetch` jobs at once.
     workers: int = setting("CONVERTER_WORKERS", 1, check=at_least(1))
     prefetch: int = setting("CONVERTER_PREFETCH", 1, check=at_least(1))
@@ -72,18 +61,7 @@ class Settings(EnvSettings):
             threads=self.mp3_encoder_threads,
         )
 
-    def topology(self) -> Topology:
-        return Topology(video_queue=self.video_queue, mp3_queue=self.mp3_queue)
-
-    def consumer_settings(self) -> ConsumerSettings:
-        return ConsumerSettings(
-            url=self.rabbitmq_url,
-            queue=self.video_queue,
-            topology=self.topology(),
-            prefetch=self.prefetch,
-            heartbeat=self.heartbeat_seconds,
-            max_attempts=self.max_attempts,
-            retry_base_seconds=self.retry_base_seconds,
-            retry_max_seconds=self.retry_max_seconds,
-            stop_grace_seconds=self.stop_grace_seconds,
+    def video_consumer(self) -> ConsumerSettings:
+        return self.consumer_settings(
+            self.video_queue, heartbeat=self.heartbeat_seconds, stop_grace_seconds=self.stop_grace_seconds
         )

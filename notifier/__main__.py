@@ -10,7 +10,7 @@ import logging
 from video2mp3.auth.v1 import auth_pb2_grpc
 from video2mp3.storage.v1 import jobs_pb2_grpc
 
-from common.amqp import Consumer, ConsumerSettings, Topology
+from common.amqp import Consumer
 from common.grpc_client import secure_channel
 from common.service import Service, run_service
 from notifier.mailer import Mailer, SmtpConfig
@@ -51,19 +51,7 @@ def build_consumer(settings: Settings, service: Service) -> Consumer:
             lease_seconds=settings.lease_seconds,
         ),
     )
-    return Consumer(
-        ConsumerSettings(
-            url=settings.rabbitmq_url,
-            queue=settings.mp3_queue,
-            topology=Topology(video_queue=settings.video_queue, mp3_queue=settings.mp3_queue),
-            prefetch=settings.prefetch,
-            max_attempts=settings.max_attempts,
-            retry_base_seconds=settings.retry_base_seconds,
-            retry_max_seconds=settings.retry_max_seconds,
-        ),
-        notifier.handle,
-        name="notifier",
-    )
+    return Consumer(settings.consumer_settings(settings.mp3_queue), notifier.handle, name="notifier")
 
 
 def main(service: Service) -> int:

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import (
-    PORT,
-    EnvSettings,
-    SettingsError,
-    at_least,
-    one_of,
-    rabbitmq_setting,
-    setting,
-    starts_with,
-)
+from common.config import PORT, SettingsError, at_least, one_of, setting, starts_with
+from common.consumer_settings import ConsumerEnvSettings
 from common.grpc_tls import GrpcTls, tls_dir_setting
 from notifier.messages import InvalidAddress, parse_sender
 
@@ -23,7 +15,7 @@ DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings(EnvSettings):
+class Settings(ConsumerEnvSettings):
     smtp_host: str = setting("SMTP_HOST", "localhost")
     # 0: the usual port of smtp_security (DEFAULT_SMTP_PORTS).
     smtp_port: int = setting("SMTP_PORT", 0, check=PORT)
@@ -40,9 +32,6 @@ class Settings(EnvSettings):
     auth_address: str = setting("AUTH_SVC_ADDRESS")
     storage_address: str = setting("STORAGE_SVC_ADDRESS")
     grpc_tls_dir: str = tls_dir_setting()
-    rabbitmq_url: str = rabbitmq_setting()
-    mp3_queue: str = setting("MP3_QUEUE", "mp3")
-    video_queue: str = setting("VIDEO_QUEUE", "video")
     prefetch: int = setting("NOTIFIER_PREFETCH", 4, check=at_least(1))
     max_attempts: int = setting("NOTIFIER_MAX_ATTEMPTS", 10, check=at_least(1))
     retry_base_seconds: float = setting("NOTIFIER_RETRY_BASE_SECONDS", 5.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import grpc
 from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from common.grpc_server import GrpcServer
@@ -17,10 +20,16 @@ STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
-def create_server(settings: Settings, port: int | None = None, health_port: int | None = None) -> GrpcServer:
-    """Build (not start) the server; ``port=0`` picks a free port (tests); without ``port``
-    the settings' ports (``STORAGE_PORT``, ``STORAGE_HEALTH_PORT``). Reads the TLS files of
-    ``GRPC_TLS_DIR``: SettingsError when one is missing."""
+def create_server(
+    settings: Settings,
+    port: int | None = None,
+    health_port: int | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
+) -> GrpcServer:
+    """Build (not start) the server; ``port=0`` picks a free port and ``interceptors`` inject
+    faults (tests); without ``port`` the settings' ports (``STORAGE_PORT``,
+    ``STORAGE_HEALTH_PORT``). Reads the TLS files of ``GRPC_TLS_DIR``: SettingsError when one
+    is missing."""
     tls = settings.grpc_tls()
     if port is None:
         port, health_port = settings.port, settings.health_port or None
@@ -40,6 +49,7 @@ def create_server(settings: Settings, port: int | None = None, health_port: int 
         health_port=health_port,
         host=settings.bind_host,
         max_workers=settings.grpc_workers,
+        interceptors=interceptors,
     )
     srv.on_stop.append(mongo.close)
     if events is not None:

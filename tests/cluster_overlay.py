@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 from dev.image_containers import operator_secrets
-from tests.fixtures.infra import Infra
-from tests.support import ROOT
+from testing.infra import Infra
+from testing.processes import ROOT
 
 BRIDGE_IP = "10.244.0.1"  # dev/cluster.sh BRIDGE_IP
 HOST_SERVICES = {"mysql": ("mysql", 3306), "rabbitmq": ("amqp", 5672), "mongodb": ("mongodb", 27017)}

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2 as pb
 from video2mp3.auth.v1 import auth_pb2_grpc
 
+from testing.processes import ROOT, ServiceProcess, free_port, python_module, wait_for
 from tests.fixtures.auth import auth_env, unique_email
-from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 

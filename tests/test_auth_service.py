@@ -618,7 +618,7 @@ def test_database_outage_is_unavailable(infra: Any, auth_settings: Settings) -> 
     from auth.server import SERVICE_NAME
     from auth.service import AuthServicer
     from common import grpc_server
-    from tests.support import free_port
+    from testing.processes import free_port
 
     # A servicer whose database is a port where nothing listens.
     dead = dataclasses.replace(auth_settings, mysql_port=free_port(), mysql_connect_timeout=1)

@@ -16,8 +16,8 @@ from video2mp3.auth.v1 import auth_pb2 as pb
 
 from auth.settings import Settings
 from common.config import SettingsError
+from testing.processes import wait_for
 from tests.fixtures.auth import auth_env, unique_email
-from tests.support import wait_for
 from tests.test_auth_throttle import PASSWORD, address, auth_stub_with
 from tests.test_gateway_identity import assert_json_error
 

@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import media
+from benchmarks import end_to_end, media, streaming
 from benchmarks.measure import Progress, RssSampler, run_child
-
-# benchmarks.system (sections 2-3) imports the tests' infra fixtures: imported inside the tests,
-# after pytest has loaded them as plugins.
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="Debian's ffmpeg is not installed (make bench installs it)"
@@ -90,17 +87,14 @@ def test_conversion_section_and_report(tmp_path: Path) -> None:
 
 
 def test_xargs_ffmpeg_baseline_converts_every_file(tmp_path: Path) -> None:
-    from benchmarks import end_to_end
-
     files = media.make_batch(TINY, 3, tmp_path)
     wall, cpu = end_to_end.ffmpeg_batch(files, tmp_path)
     assert wall > 0 and cpu > 0
 
 
 @pytest.mark.slow
+@pytest.mark.system  # benchmarks.system starts the whole system without the tests' fixtures
 def test_system_sections_run_on_tiny_inputs(tmp_path: Path) -> None:
-    from benchmarks import end_to_end, streaming
-
     progress = Progress(heartbeat=3600)
     for run in (streaming.run, end_to_end.run):
         section = run(runs=1, quick=True, cache=tmp_path, progress=progress)

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from testing.infra import Infra, SmtpSink
+from testing.media import MediaSpec, audio_duration, make_media
+from testing.processes import ROOT, ServiceProcess, free_port, port_open, wait_for
 from tests.cluster_overlay import BRIDGE_IP, make_overlay, relay_ports
-from tests.fixtures.infra import Infra, SmtpSink
-from tests.media import MediaSpec, audio_duration, make_media
-from tests.support import ROOT, ServiceProcess, free_port, port_open, wait_for
 from tests.walkthrough import run_walkthrough
 
 pytestmark = [

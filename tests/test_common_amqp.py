@@ -26,8 +26,8 @@ from common.amqp import (
     declare_topology,
 )
 from common.events import RK_REQUESTED
-from tests.fixtures.infra import Infra
-from tests.support import free_port, wait_for
+from testing.infra import Infra
+from testing.processes import free_port, wait_for
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_consumer_reconnects_after_connection_loss(infra: Infra, topology: Topol
     first = consumer._connection
     assert first is not None
     # Close the consumer's connection from the broker side.
-    from tests.fixtures.infra import rabbitmqctl
+    from testing.infra import rabbitmqctl
 
     wait_for(lambda: "video2mp3" in rabbitmqctl("list_connections", "-p", infra.vhost, "user"), timeout=10)
     for line in rabbitmqctl("list_connections", "-p", infra.vhost, "pid").split():

@@ -18,7 +18,7 @@ from common.config import (
     mongo_uri,
     rabbitmq_url,
 )
-from tests.support import ROOT
+from testing.processes import ROOT
 
 
 def test_required_missing_names_the_variable() -> None:

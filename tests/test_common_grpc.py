@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.grpc_permissions import GATEWAY, OPERATOR, PERMISSIONS
 from common.grpc_server import GrpcServer, create_server
-from tests.fixtures.infra import Infra
-from tests.support import ROOT, free_port, port_open, wait_for
+from testing.infra import Infra
+from testing.processes import ROOT, free_port, port_open, wait_for
 
 SERVICE = "test.v1.EchoService"
 # The project's table, and a row for the echo service.

@@ -16,10 +16,10 @@ from video2mp3.storage.v1 import jobs_pb2, jobs_pb2_grpc, storage_pb2, storage_p
 from common.amqp import dead_queue
 from common.file_streams import UploadStream
 from converter.spool import ROOT_NAME
+from testing.infra import Infra, rabbitmqctl
+from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
+from testing.processes import ServiceProcess, free_port, port_open, python_module, wait_for
 from tests.fixtures.converter import ConverterRunner, MediaCache
-from tests.fixtures.infra import Infra, rabbitmqctl
-from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
-from tests.support import ServiceProcess, free_port, port_open, python_module, wait_for
 from tests.test_converter_transcode import AUDIO_ONLY, MATRIX
 
 MP3_BUCKET = "mp3s"
@@ -159,8 +159,8 @@ def test_bad_media_fails_with_the_right_reason_and_the_worker_lives_on(
             media_cache.get(MediaSpec(container="webm", duration=2.0)), tmp_path / "cut.webm"
         ),
     }
-    # A zero-byte video never reaches a converter: storage refuses empty files (the handler
-    # tests cover a zero-byte spool with the in-memory storage).
+    # A zero-byte video never reaches a converter: storage refuses empty files (the
+    # transcoder's answer to one is tested in tests/test_converter_transcode.py).
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(grpc.RpcError) as refused:

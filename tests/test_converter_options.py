@@ -21,7 +21,7 @@ from converter import xing
 from converter.encoders import EncodeOptions
 from converter.media import Failure, MediaError
 from converter.transcode import Transcoder, transcode_file
-from tests.media import COVER_SIZE, MediaSpec, audio_duration, make_media
+from testing.media import COVER_SIZE, MediaSpec, audio_duration, make_media
 
 Options = options_pb2.ConversionOptions
 FRAME = 1152 / 44100  # one MP3 frame at 44.1 kHz, ≈ 26 ms

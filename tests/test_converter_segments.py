@@ -25,7 +25,7 @@ from converter import mp3frames, segments
 from converter.media import choose_audio, open_media, probe
 from converter.pipeline import Pipeline, Plan
 from converter.transcode import Cancelled, EncodeOptions, Transcoder
-from tests.media import MediaSpec, make_media
+from testing.media import MediaSpec, make_media
 
 RATE = 44100
 DECODER_DELAY = 576 + 529  # LAME's encoder delay + the MPEG decoder's: where the input starts

@@ -1,7 +1,7 @@
 """The converter as a real process (``python -m converter``) on a real RabbitMQ virtual host.
 
-Storage here is the in-memory stand-in served over gRPC from the test process, so faults can
-be injected per method; tests/test_converter_integration.py runs the real storage service.
+Storage here is the real service run in the test process behind a fault injector
+(tests/fixtures/faulty_storage.py), so faults can be injected per method.
 """
 
 from __future__ import annotations
@@ -17,35 +17,36 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
 from common.amqp import dead_queue
 from converter.worker import GAVE_UP_REASON
-from tests.fixtures.converter import ConverterRunner, FakeStorageServer, MediaCache
-from tests.fixtures.infra import Infra
-from tests.media import MediaSpec, random_file
-from tests.support import ServiceProcess, python_module, wait_for
+from testing.infra import Infra
+from testing.media import MediaSpec, random_file
+from testing.processes import ServiceProcess, python_module, wait_for
+from tests.fixtures.converter import ConverterRunner, MediaCache
+from tests.fixtures.faulty_storage import FaultyStorage
 
 
 @pytest.fixture
-def storage(fake_storage: FakeStorageServer) -> FakeStorageServer:
-    return fake_storage
+def storage(faulty_storage: FaultyStorage) -> FaultyStorage:
+    return faulty_storage
 
 
 @pytest.fixture
-def runner(infra: Infra, storage: FakeStorageServer, tmp_path: Path) -> Iterator[ConverterRunner]:
+def runner(infra: Infra, storage: FaultyStorage, tmp_path: Path) -> Iterator[ConverterRunner]:
     with ConverterRunner(infra, storage.address, tmp_path) as run:
         yield run
 
 
-def add_job(storage: FakeStorageServer, source: Path, filename: str | None = None) -> jobs_pb2.Job:
+def add_job(storage: FaultyStorage, source: Path, filename: str | None = None) -> jobs_pb2.Job:
     name = filename or source.name
-    video_id = storage.storage.put(storage_pb2.BUCKET_VIDEOS, source.read_bytes(), name, "u1")
-    return storage.storage.create_job(video_id, name)
+    video_id = storage.put(storage_pb2.BUCKET_VIDEOS, source.read_bytes(), name)
+    return storage.create_job(video_id, name)
 
 
-def state(storage: FakeStorageServer, job: jobs_pb2.Job) -> int:
-    return storage.storage.jobs[job.id].state
+def state(storage: FaultyStorage, job: jobs_pb2.Job) -> int:
+    return storage.job(job.id).state
 
 
 def test_converts_reports_and_survives_bad_media(
-    runner: ConverterRunner, storage: FakeStorageServer, media_cache: MediaCache, tmp_path: Path
+    runner: ConverterRunner, storage: FaultyStorage, media_cache: MediaCache, tmp_path: Path
 ) -> None:
     worker = runner.start()
     good = add_job(storage, media_cache.get(MediaSpec(container="webm", duration=1.0)), "clip.webm")
@@ -61,14 +62,14 @@ def test_converts_reports_and_survives_bad_media(
 
 
 def test_outage_retries_through_the_delay_queue_then_parks_and_fails(
-    runner: ConverterRunner, storage: FakeStorageServer, media_cache: MediaCache
+    runner: ConverterRunner, storage: FaultyStorage, media_cache: MediaCache
 ) -> None:
     worker = runner.start(CONVERTER_MAX_ATTEMPTS="3", CONVERTER_RETRY_BASE_SECONDS="0.3")
     job = add_job(storage, media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    storage.storage.faults["Download"] = grpc.StatusCode.UNAVAILABLE
+    storage.faults["Download"] = grpc.StatusCode.UNAVAILABLE
     runner.request(job)
     wait_for(lambda: runner.depth(dead_queue("video")) == 1, 30, what="message parked")
-    stored = storage.storage.jobs[job.id]
+    stored = storage.job(job.id)
     assert stored.state == jobs_pb2.JOB_STATE_FAILED and stored.failure_reason == GAVE_UP_REASON
     [(kind, event)] = runner.events(1)
     assert kind == "failed" and event.reason == GAVE_UP_REASON
@@ -78,7 +79,7 @@ def test_outage_retries_through_the_delay_queue_then_parks_and_fails(
 
 
 def test_sigterm_finishes_the_current_job_and_exits_zero(
-    runner: ConverterRunner, storage: FakeStorageServer, media_cache: MediaCache
+    runner: ConverterRunner, storage: FaultyStorage, media_cache: MediaCache
 ) -> None:
     worker = runner.start(CONVERTER_TEST_SLOWDOWN="1.5")
     job = add_job(storage, media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=2.0)))
@@ -98,7 +99,7 @@ def test_sigterm_finishes_the_current_job_and_exits_zero(
 
 
 def test_sigterm_grace_over_cuts_off_and_the_job_is_redelivered(
-    runner: ConverterRunner, storage: FakeStorageServer, media_cache: MediaCache
+    runner: ConverterRunner, storage: FaultyStorage, media_cache: MediaCache
 ) -> None:
     worker = runner.start(CONVERTER_TEST_SLOWDOWN="5", CONVERTER_STOP_GRACE_SECONDS="1")
     job = add_job(storage, media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=2.0)))
@@ -107,18 +108,18 @@ def test_sigterm_grace_over_cuts_off_and_the_job_is_redelivered(
     worker.signal(signal.SIGTERM)
     assert worker.proc is not None
     assert worker.proc.wait(30) == 0
-    assert storage.storage.mp3s() == []  # the cut-off upload was rejected in-band
+    assert storage.mp3s() == []  # the cut-off upload was rejected in-band
     runner.start(name="second")
     wait_for(
         lambda: state(storage, job) == jobs_pb2.JOB_STATE_SUCCEEDED, 30, what="job done by the next worker"
     )
-    assert len(storage.storage.mp3s(job.id)) == 1
+    assert len(storage.mp3s(job.id)) == 1
 
 
 def test_health_endpoint(runner: ConverterRunner) -> None:
     import urllib.request
 
-    from tests.support import free_port
+    from testing.processes import free_port
 
     port = free_port()
     worker = runner.start(CONVERTER_HEALTH_PORT=str(port))

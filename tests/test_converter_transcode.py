@@ -22,8 +22,8 @@ from converter.transcode import (
     title_from_filename,
     transcode_file,
 )
+from testing.media import MediaSpec, _write_audio, audio_duration, audio_info, random_file, truncated_copy
 from tests.fixtures.converter import MediaCache
-from tests.media import MediaSpec, _write_audio, audio_duration, audio_info, random_file, truncated_copy
 
 MATRIX = [
     ("mp4", "aac"),

@@ -1,12 +1,11 @@
-"""converter.worker: the message handler against a storage service over real gRPC (the
-in-memory stand-in from tests/fixtures/converter.py) and a recording publisher."""
+"""converter.worker: the message handler against the real storage service over gRPC (with
+faults injected: tests/fixtures/faulty_storage.py) and a recording publisher."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from common.config import SettingsError
 from common.events import RK_FAILED, RK_SUCCEEDED
 from converter.settings import Settings
 from converter.worker import GAVE_UP_REASON, Converter
-from tests.fixtures.converter import FakeStorageServer, MediaCache
-from tests.fixtures.infra import Infra
-from tests.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
+from testing.infra import Infra
+from testing.media import MediaSpec, audio_duration, audio_info, random_file, truncated_copy
+from tests.fixtures.converter import MediaCache
+from tests.fixtures.faulty_storage import FaultyStorage
 
 
 class RecordingPublisher:
@@ -40,7 +40,7 @@ class RecordingPublisher:
 
 @dataclasses.dataclass
 class Env:
-    storage: FakeStorageServer
+    storage: FaultyStorage
     converter: Converter
     publisher: RecordingPublisher
     spool_dir: Path
@@ -48,11 +48,11 @@ class Env:
 
     def job_for(self, source: Path, filename: str | None = None) -> jobs_pb2.Job:
         name = filename or source.name
-        video_id = self.storage.storage.put(storage_pb2.BUCKET_VIDEOS, source.read_bytes(), name, "u1")
-        return self.storage.storage.create_job(video_id, name)
+        video_id = self.storage.put(storage_pb2.BUCKET_VIDEOS, source.read_bytes(), name)
+        return self.storage.create_job(video_id, name)
 
     def job(self, job_id: str) -> jobs_pb2.Job:
-        return self.storage.storage.jobs[job_id]
+        return self.storage.job(job_id)
 
 
 def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> Delivery:
@@ -71,22 +71,22 @@ def delivery(job: jobs_pb2.Job, redelivered: bool = False, attempt: int = 1) -> 
 
 @pytest.fixture
 def env(
-    infra: Infra, fake_storage: FakeStorageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    infra: Infra, faulty_storage: FaultyStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> Iterator[Env]:
     caplog.set_level(logging.DEBUG)  # every log call runs (a bad ``extra`` key raises)
     settings = Settings(
-        storage_address=fake_storage.address,
+        storage_address=faulty_storage.address,
         grpc_tls_dir=str(infra.tls_dir),
         rabbitmq_url="amqp://unused",
         tmp_dir=str(tmp_path / "tmp"),
         max_attempts=3,
         spool_reserve_bytes=0,
     )
-    channel = infra.channel(fake_storage.address, "converter")
+    channel = infra.channel(faulty_storage.address, "converter")
     publisher = RecordingPublisher()
     converter = Converter(settings, channel, publisher)
     try:
-        yield Env(fake_storage, converter, publisher, converter.spool.folder, tmp_path)
+        yield Env(faulty_storage, converter, publisher, converter.spool.folder, tmp_path)
     finally:
         converter.close()
         channel.close()
@@ -100,10 +100,10 @@ def test_converts_and_publishes(env: Env, media_cache: MediaCache) -> None:
     done = env.job(job.id)
     assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert done.attempts == 1
-    [mp3] = env.storage.storage.mp3s(job.id)
+    [mp3] = env.storage.mp3s(job.id)
     assert done.mp3_id == mp3.info.id
     assert mp3.info.filename == "My Holiday.mp3"
-    assert mp3.info.owner_id == "u1"
+    assert mp3.info.owner_id == env.storage.owner_id
     out = env.tmp_path / "out.mp3"
     out.write_bytes(mp3.data)
     assert abs(audio_duration(out) - audio_duration(source)) < 0.1
@@ -113,7 +113,7 @@ def test_converts_and_publishes(env: Env, media_cache: MediaCache) -> None:
     assert key == RK_SUCCEEDED and correlation == job.id
     assert isinstance(event, events_pb2.ConversionSucceeded)
     assert event.mp3_id == mp3.info.id and event.mp3_size == len(mp3.data)
-    assert event.owner_email == "u1@example.com" and event.filename == "My Holiday.mp4"
+    assert event.owner_email == f"{env.storage.owner_id}@example.com" and event.filename == "My Holiday.mp4"
     assert abs(event.duration_seconds - done.duration_seconds) < 1e-6 and event.duration_seconds > 1.4
     assert list(env.spool_dir.iterdir()) == []  # spooled video removed
 
@@ -122,7 +122,7 @@ def test_already_succeeded_publishes_again_and_converts_nothing(env: Env, media_
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.converter(delivery(job, redelivered=True)) is Outcome.ACK
-    assert len(env.storage.storage.mp3s(job.id)) == 1
+    assert len(env.storage.mp3s(job.id)) == 1
     assert [key for key, _, _ in env.publisher.events] == [RK_SUCCEEDED, RK_SUCCEEDED]
     first, second = (event for _, event, _ in env.publisher.events)
     assert isinstance(second, events_pb2.ConversionSucceeded) and isinstance(
@@ -142,10 +142,9 @@ def test_already_failed_publishes_the_failure_again(env: Env, tmp_path: Path) ->
 
 def test_duplicate_while_converting_is_dropped(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.job(job.id).state = jobs_pb2.JOB_STATE_CONVERTING
-    env.storage.storage.holders[job.id] = ("another-worker", time.time() + 60)  # a live lease
+    env.storage.claim_as(job.id, "another-worker")  # converting, under a live lease
     assert env.converter(delivery(job, redelivered=False)) is Outcome.ACK
-    assert env.storage.storage.mp3s() == [] and env.publisher.events == []
+    assert env.storage.mp3s() == [] and env.publisher.events == []
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_CONVERTING
 
 
@@ -154,21 +153,17 @@ def test_job_left_converting_is_taken_over(
     redelivered: bool, attempt: int, env: Env, media_cache: MediaCache
 ) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.job(job.id).state = jobs_pb2.JOB_STATE_CONVERTING
-    env.job(job.id).attempts = 1
-    env.storage.storage.holders[job.id] = ("dead-worker", time.time() + 60)
+    env.storage.claim_as(job.id, "dead-worker")  # the worker that died had claimed it: one attempt
     assert env.converter(delivery(job, redelivered=redelivered, attempt=attempt)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert env.job(job.id).attempts == 2  # the takeover counts
-    assert len(env.storage.storage.mp3s(job.id)) == 1
+    assert len(env.storage.mp3s(job.id)) == 1
 
 
 def test_converting_job_with_an_expired_lease_is_taken_over(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    stored = env.job(job.id)
-    stored.state = jobs_pb2.JOB_STATE_CONVERTING
-    env.storage.storage.holders[job.id] = ("silent-worker", time.time() - 1)
-    stored.attempts = 1
+    env.storage.claim_as(job.id, "silent-worker")  # converting, one attempt
+    env.storage.expire_lease(job.id)
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert env.job(job.id).attempts == 2
@@ -176,13 +171,13 @@ def test_converting_job_with_an_expired_lease_is_taken_over(env: Env, media_cach
 
 def test_malformed_job_id_is_parked(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.storage.storage.faults["ClaimJob"] = grpc.StatusCode.INVALID_ARGUMENT
+    env.storage.faults["ClaimJob"] = grpc.StatusCode.INVALID_ARGUMENT
     assert env.converter(delivery(job)) is Outcome.DEAD
 
 
 def test_unknown_job_is_dropped(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    del env.storage.storage.jobs[job.id]
+    env.storage.delete_job(job.id)
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.publisher.events == []
 
@@ -211,15 +206,14 @@ def test_garbage_messages_are_parked(env: Env) -> None:
 
 
 def bad_inputs(tmp_path: Path, media_cache: MediaCache) -> dict[str, tuple[Path, str]]:
-    empty = tmp_path / "empty.mp4"
-    empty.write_bytes(b"")
+    # An empty video never reaches the converter (storage refuses empty files); the
+    # transcoder's answer to one is tested in tests/test_converter_transcode.py.
     return {
         "no-audio": (
             media_cache.get(MediaSpec(container="mp4", audio_codec=None, duration=1.0)),
             "no sound track",
         ),
         "random": (random_file(tmp_path / "random.mp4"), "not a video or audio file"),
-        "empty": (empty, "empty"),
         "truncated-mp4": (
             truncated_copy(media_cache.get(MediaSpec(container="mp4", duration=2.0)), tmp_path / "cut.mp4"),
             "damaged or incomplete",
@@ -234,7 +228,7 @@ def bad_inputs(tmp_path: Path, media_cache: MediaCache) -> dict[str, tuple[Path,
     }
 
 
-@pytest.mark.parametrize("case", ["no-audio", "random", "empty", "truncated-mp4", "truncated-mkv"])
+@pytest.mark.parametrize("case", ["no-audio", "random", "truncated-mp4", "truncated-mkv"])
 def test_bad_media_fails_the_job_for_good(
     case: str, env: Env, media_cache: MediaCache, tmp_path: Path
 ) -> None:
@@ -247,7 +241,7 @@ def test_bad_media_fails_the_job_for_good(
     [(key, event, _)] = env.publisher.events
     assert key == RK_FAILED and isinstance(event, events_pb2.ConversionFailed)
     assert event.reason == failed.failure_reason
-    assert env.storage.storage.mp3s() == []  # a stream cut mid-way leaves nothing
+    assert env.storage.mp3s() == []  # a stream cut mid-way leaves nothing
     assert list(env.spool_dir.iterdir()) == []
 
 
@@ -275,7 +269,7 @@ def test_not_enough_disk_is_transient(env: Env, media_cache: MediaCache) -> None
 
 def test_missing_video_is_a_permanent_failure(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    del env.storage.storage.files[job.video_id]
+    env.storage.delete_file(storage_pb2.BUCKET_VIDEOS, job.video_id)
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).failure_reason == "the uploaded video is no longer available"
 
@@ -285,16 +279,16 @@ def test_storage_unavailable_is_transient_then_succeeds(
     method: str, env: Env, media_cache: MediaCache
 ) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.storage.storage.faults[method] = grpc.StatusCode.UNAVAILABLE
+    env.storage.faults[method] = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(TransientError, match=r"(?i)unavailable"):
         env.converter(delivery(job))
     # An MP3 that could not be recorded stays (the change may have been applied with only
     # the answer lost); storage removes it when the job finishes with another.
-    assert len(env.storage.storage.mp3s()) == (1 if method == "FinishJob" else 0)
-    del env.storage.storage.faults[method]
+    assert len(env.storage.mp3s()) == (1 if method == "FinishJob" else 0)
+    del env.storage.faults[method]
     assert env.converter(delivery(job, attempt=2)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_SUCCEEDED
-    assert len(env.storage.storage.mp3s(job.id)) == 1
+    assert len(env.storage.mp3s(job.id)) == 1
     assert list(env.spool_dir.iterdir()) == []
 
 
@@ -307,7 +301,7 @@ def test_storage_process_down_is_transient(env: Env, media_cache: MediaCache) ->
 
 def test_last_attempt_marks_the_job_failed_and_parks_it(env: Env, media_cache: MediaCache) -> None:
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    env.storage.storage.faults["Download"] = grpc.StatusCode.UNAVAILABLE
+    env.storage.faults["Download"] = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(TransientError):
         env.converter(delivery(job, attempt=1))
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_CONVERTING
@@ -327,24 +321,22 @@ def test_publish_failure_is_transient_and_the_retry_publishes(env: Env, media_ca
     env.publisher.fail = False
     assert env.converter(delivery(job, attempt=2)) is Outcome.ACK
     assert [key for key, _, _ in env.publisher.events] == [RK_SUCCEEDED]
-    assert len(env.storage.storage.mp3s(job.id)) == 1
+    assert len(env.storage.mp3s(job.id)) == 1
 
 
 def test_losing_the_race_deletes_our_mp3(env: Env, media_cache: MediaCache) -> None:
     """Another worker finished the job while this one converted: one MP3 stays, theirs."""
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
-    theirs = env.storage.storage.put(storage_pb2.BUCKET_MP3S, b"theirs", "x.mp3", "u1", job.id)
+    theirs = env.storage.put(storage_pb2.BUCKET_MP3S, b"theirs", "x.mp3", job.id)
 
     def other_worker_wins() -> None:
         stored = env.job(job.id)
         if stored.state == jobs_pb2.JOB_STATE_CONVERTING and not stored.mp3_id:
-            stored.state = jobs_pb2.JOB_STATE_SUCCEEDED
-            stored.mp3_id = theirs
-            env.storage.storage.holders.pop(job.id, None)
+            env.storage.transition(job.id, stored.state, jobs_pb2.JOB_STATE_SUCCEEDED, mp3_id=theirs)
 
-    env.storage.storage.hooks["FinishJob"] = other_worker_wins
+    env.storage.hooks["FinishJob"] = other_worker_wins
     assert env.converter(delivery(job)) is Outcome.ACK
-    assert [f.info.id for f in env.storage.storage.mp3s(job.id)] == [theirs]
+    assert [f.info.id for f in env.storage.mp3s(job.id)] == [theirs]
     assert env.publisher.events == []  # the winner publishes
 
 
@@ -352,14 +344,14 @@ def test_job_finished_during_the_upload_is_settled_on_retry(env: Env, media_cach
     job = env.job_for(media_cache.get(MediaSpec(container="mp4", duration=1.0)))
 
     def finished_elsewhere() -> None:
-        env.job(job.id).state = jobs_pb2.JOB_STATE_FAILED
+        env.storage.transition(job.id, jobs_pb2.JOB_STATE_CONVERTING, jobs_pb2.JOB_STATE_FAILED)
 
-    env.storage.storage.hooks["Upload"] = finished_elsewhere
+    env.storage.hooks["Upload"] = finished_elsewhere
     with pytest.raises(TransientError, match="refused"):
         env.converter(delivery(job))
-    del env.storage.storage.hooks["Upload"]
+    del env.storage.hooks["Upload"]
     assert env.converter(delivery(job, attempt=2)) is Outcome.ACK
-    assert env.storage.storage.mp3s() == []
+    assert env.storage.mp3s() == []
     assert [key for key, _, _ in env.publisher.events] == [RK_FAILED]
 
 
@@ -368,7 +360,7 @@ def test_abort_cuts_off_the_job_and_leaves_nothing(env: Env, media_cache: MediaC
     env.converter.abort = threading.Event()
     env.converter.abort.set()
     assert env.converter(delivery(job)) is Outcome.RETRY
-    assert env.storage.storage.mp3s() == []
+    assert env.storage.mp3s() == []
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_CONVERTING  # taken over on the retry
     assert list(env.spool_dir.iterdir()) == []
 
@@ -390,7 +382,7 @@ def test_settings_from_env() -> None:
     assert (settings.prefetch, settings.workers, settings.health_port) == (2, 3, 8081)
     options = settings.encode_options()
     assert (options.bitrate_kbps, options.vbr, options.max_duration_seconds) == (128, True, 60.0)
-    assert settings.consumer_settings().queue == "video"
+    assert settings.video_consumer().queue == "video"
     with pytest.raises(SettingsError, match="STORAGE_SVC_ADDRESS"):
         Settings.from_env({})
     with pytest.raises(SettingsError, match="bit rate"):
@@ -403,7 +395,7 @@ def test_progress_is_reported_and_rises(env: Env, media_cache: MediaCache) -> No
     job = env.job_for(media_cache.get(MediaSpec(container="mkv", audio_codec="flac", duration=8.0)))
     env.converter.options = dataclasses.replace(env.converter.options, slowdown=0.5)
     assert env.converter(delivery(job)) is Outcome.ACK
-    reports = env.storage.storage.progress[job.id]
+    reports = [r.progress for r in env.storage.requests["ReportProgress"]]
     assert len(reports) >= 2 and reports == sorted(reports) and 0 < reports[-1] < 1
     assert env.job(job.id).progress == 1.0
 
@@ -413,13 +405,11 @@ def test_cancel_while_converting_stops_and_leaves_nothing(env: Env, media_cache:
     env.converter.options = dataclasses.replace(env.converter.options, slowdown=1.0)
 
     def cancel_on_first_report() -> None:
-        stored = env.job(job.id)
-        if stored.state == jobs_pb2.JOB_STATE_CONVERTING:
-            stored.state = jobs_pb2.JOB_STATE_CANCELLED
-            env.storage.storage.holders.pop(job.id, None)
+        if env.job(job.id).state == jobs_pb2.JOB_STATE_CONVERTING:
+            env.storage.cancel(job.id)
 
-    env.storage.storage.hooks["ReportProgress"] = cancel_on_first_report
+    env.storage.hooks["ReportProgress"] = cancel_on_first_report
     assert env.converter(delivery(job)) is Outcome.ACK
     assert env.job(job.id).state == jobs_pb2.JOB_STATE_CANCELLED
-    assert env.storage.storage.mp3s() == [] and env.publisher.events == []
+    assert env.storage.mp3s() == [] and env.publisher.events == []
     assert list(env.spool_dir.iterdir()) == []

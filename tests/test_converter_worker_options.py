@@ -9,8 +9,8 @@ from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, options_pb2
 
 from common.amqp import RK_FAILED, Delivery, Outcome
+from testing.media import MediaSpec, audio_duration, audio_info
 from tests.fixtures.converter import MediaCache
-from tests.media import MediaSpec, audio_duration, audio_info
 from tests.test_converter_worker import Env, delivery
 from tests.test_converter_worker import env as env  # the fixture, shared with that module
 
@@ -41,7 +41,7 @@ def test_options_shape_the_mp3_and_the_source_is_recorded(env: Env, media_cache:
     done = env.job(job.id)
     assert done.state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert done.source.container == "matroska" and done.source.audio_tracks[0].language == "fra"
-    [mp3] = env.storage.storage.mp3s(job.id)
+    [mp3] = env.storage.mp3s(job.id)
     out = env.tmp_path / "out.mp3"
     out.write_bytes(mp3.data)
     info = audio_info(out)

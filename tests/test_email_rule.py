@@ -16,7 +16,7 @@ from auth.settings import Settings
 from common.email_address import UndeliverableAddress, parse_address
 from notifier.mailer import Mailer, PermanentMailError, SmtpConfig
 from notifier.messages import InvalidAddress, SuccessMail, parse_sender, success_message
-from tests.fixtures.infra import SmtpSink
+from testing.infra import SmtpSink
 from tests.test_auth_throttle import PASSWORD, address, auth_stub_with
 
 SENDER = parse_sender("video2mp3 <noreply@video2mp3.test>")

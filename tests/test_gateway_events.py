@@ -11,9 +11,9 @@ from typing import Any
 
 import requests
 
+from testing.processes import ServiceProcess, free_port, wait_for
 from tests.fixtures.auth import unique_email
 from tests.fixtures.storage import StorageHandle
-from tests.support import ServiceProcess, free_port, wait_for
 
 PASSWORD = "correct horse battery staple"
 STREAMS = 200

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis import checks
 
 from gateway import openapi
-from tests.fixtures.infra import Infra, SmtpSink
+from testing.infra import Infra, SmtpSink
 from tests.fixtures.system import System
 
 PASSWORD = "correct horse battery staple"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from testing.processes import free_port
 from tests.fixtures.auth import unique_email
-from tests.support import free_port
 
 PASSWORD = "correct horse battery staple"
 

@@ -18,7 +18,7 @@ from werkzeug.datastructures import FileStorage
 
 from gateway.errors import ApiError
 from gateway.options import FIELDS, parse, parse_time, to_json
-from tests.fixtures.infra import Infra
+from testing.infra import Infra
 from tests.fixtures.storage import StorageHandle
 from tests.fixtures.storage_gateway import MediaUser
 from tests.test_storage_gateway import assert_error, leftovers, requested_messages
@@ -204,7 +204,7 @@ def test_repeated_fields_and_a_second_file_are_refused(
 
 def test_the_readme_examples_are_valid_and_cover_every_option() -> None:
     """`make options` prints this README section: its curl examples must stay true."""
-    from tests.support import ROOT
+    from testing.processes import ROOT
 
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- options:start -->", 1)[1].split("<!-- options:end -->", 1)[0]

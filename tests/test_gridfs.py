@@ -11,7 +11,7 @@ import gridfs
 import pytest
 from pymongo.database import Database
 
-from tests.fixtures.infra import Infra
+from testing.infra import Infra
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from common.grpc_client import secure_channel
 from common.grpc_permissions import CLIENTS, PERMISSIONS
 from common.grpc_tls import GrpcTls
 from dev.certs import ensure_certificates
+from testing.infra import Infra
+from testing.processes import ROOT, ServiceProcess, free_port, python_module, wait_for
 from tests.fixtures.auth import FAST_ARGON2, unique_email
-from tests.fixtures.infra import Infra
-from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
 
 GRPCURL = str(ROOT / ".venv/bin/grpcurl")
 

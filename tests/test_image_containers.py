@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dev import image_containers as ic
-from tests.support import ROOT
+from testing.processes import ROOT
 
 SERVICES = ("gateway", "auth", "storage", "converter", "notifier")
 HERE = {

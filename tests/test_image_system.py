@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.infra import Infra, SmtpSink
-from tests.support import ROOT, port_open
+from testing.infra import Infra, SmtpSink
+from testing.processes import ROOT, port_open
 from tests.walkthrough import run_walkthrough, system_env
 
 IMAGE = os.environ.get("VIDEO2MP3_IMAGE", "")

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT
+from testing.processes import ROOT
 
 TOOLS = ROOT / "dev" / "k8s-tools.sh"
 MANIFESTS = ROOT / "manifests"

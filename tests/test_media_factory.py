@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.media import CONTAINERS, MediaSpec, audio_duration, audio_info, make_media, truncated_copy
+from testing.media import CONTAINERS, MediaSpec, audio_duration, audio_info, make_media, truncated_copy
 
 
 @pytest.mark.parametrize("container", sorted(CONTAINERS))

@@ -11,9 +11,9 @@ from common.amqp import TransientError
 from notifier.mailer import Mailer, PermanentMailError, SmtpConfig
 from notifier.messages import FailureMail, download_link, failure_message, parse_sender, success_message
 from notifier.messages import SuccessMail as Success
-from tests.fixtures.infra import SmtpSink
+from testing.infra import SmtpSink
+from testing.processes import free_port
 from tests.fixtures.notifier import ScriptedSmtp, TlsFiles, TlsSmtp
-from tests.support import free_port
 
 SENDER = parse_sender("video2mp3 <noreply@video2mp3.test>")
 

@@ -21,10 +21,10 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
 from common.amqp import Publisher, dead_queue
 from common.events import RK_FAILED, RK_SUCCEEDED
+from testing.infra import Infra, SmtpSink, rabbitmqctl
+from testing.processes import ServiceProcess, free_port, python_module, wait_for
 from tests.fixtures.auth import unique_email
-from tests.fixtures.infra import Infra, SmtpSink, rabbitmqctl
 from tests.fixtures.storage import StorageHandle
-from tests.support import ServiceProcess, free_port, python_module, wait_for
 
 T = 10
 WORKER = "test-converter"

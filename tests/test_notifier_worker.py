@@ -1,5 +1,5 @@
 """The notifier's handler in-process: real AuthService (MariaDB), scripted SMTP server,
-and a JobService stand-in that can be made to fail."""
+and the real JobService behind a fault injector (tests/fixtures/faulty_storage.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from common.amqp import Delivery, Outcome, TransientError
 from notifier.mailer import Mailer, SmtpConfig
 from notifier.messages import parse_sender
 from notifier.worker import Notifier, WorkerConfig
+from testing.infra import Infra
 from tests.fixtures.auth import auth_env, unique_email
-from tests.fixtures.infra import Infra
-from tests.fixtures.notifier import FakeJobServer, ScriptedSmtp
+from tests.fixtures.faulty_storage import FaultyStorage
+from tests.fixtures.notifier import ScriptedSmtp
 
 T = 10
 BASE = "https://v2m.example"
@@ -36,10 +37,10 @@ def register(auth: auth_pb2_grpc.AuthServiceStub, email: str) -> auth_pb2.User:
 
 
 def make_notifier(
-    fake_jobs: FakeJobServer, auth: auth_pb2_grpc.AuthServiceStub, smtp_port: int, ttl: int = 3600
+    storage: FaultyStorage, auth: auth_pb2_grpc.AuthServiceStub, smtp_port: int, ttl: int = 3600
 ) -> Notifier:
     return Notifier(
-        jobs=fake_jobs.stub,
+        jobs=storage.jobs_as("notifier"),
         auth=auth,
         mailer=Mailer(SmtpConfig("127.0.0.1", smtp_port, timeout_seconds=5)),
         config=WorkerConfig(
@@ -63,27 +64,29 @@ def delivery(event: Any, attempt: int = 1, type_: str | None = None) -> Delivery
 
 
 @pytest.fixture
+def storage(faulty_storage: FaultyStorage) -> FaultyStorage:
+    return faulty_storage
+
+
+@pytest.fixture
 def user(auth_stub: auth_pb2_grpc.AuthServiceStub) -> auth_pb2.User:
     return register(auth_stub, unique_email("notify"))
 
 
 @pytest.fixture
 def notifier(
-    fake_jobs: FakeJobServer, auth_stub: auth_pb2_grpc.AuthServiceStub, scripted_smtp: ScriptedSmtp
+    storage: FaultyStorage, auth_stub: auth_pb2_grpc.AuthServiceStub, scripted_smtp: ScriptedSmtp
 ) -> Notifier:
-    return make_notifier(fake_jobs, auth_stub, scripted_smtp.port)
+    return make_notifier(storage, auth_stub, scripted_smtp.port)
 
 
-def succeeded(fake_jobs: FakeJobServer, user: auth_pb2.User, **job: Any) -> events_pb2.ConversionSucceeded:
-    fields = {
-        "owner_id": user.id,
-        "owner_email": user.email,
-        "filename": "holiday.mp4",
-        "state": jobs_pb2.JOB_STATE_SUCCEEDED,
-        "mp3_id": uuid.uuid4().hex[:24],
-        **job,
-    }
-    record = fake_jobs.jobs.add(**fields)
+def succeeded(
+    storage: FaultyStorage,
+    user: auth_pb2.User,
+    owner_email: str | None = None,
+    state: jobs_pb2.JobState.ValueType = jobs_pb2.JOB_STATE_SUCCEEDED,
+) -> events_pb2.ConversionSucceeded:
+    record = storage.job_in_state(state, user.id, owner_email or user.email, "holiday.mp4")
     return events_pb2.ConversionSucceeded(
         job_id=record.id,
         mp3_id=record.mp3_id,
@@ -104,12 +107,12 @@ def link_of(msg: Any) -> tuple[str, str, str]:
 
 def test_success_mail_holds_a_working_link(
     notifier: Notifier,
-    fake_jobs: FakeJobServer,
+    storage: FaultyStorage,
     user: auth_pb2.User,
     scripted_smtp: ScriptedSmtp,
     auth_stub: auth_pb2_grpc.AuthServiceStub,
 ) -> None:
-    event = succeeded(fake_jobs, user)
+    event = succeeded(storage, user)
     assert notifier.handle(delivery(event)) is Outcome.ACK
     [msg] = scripted_smtp.handler.received
     assert str(msg["To"]) == user.email and msg["Subject"] == "Your MP3 is ready: holiday.mp4"
@@ -124,7 +127,7 @@ def test_success_mail_holds_a_working_link(
             auth_pb2.ValidateDownloadTokenRequest(download_token=token, file_id="another-file"), timeout=T
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert fake_jobs.jobs.jobs[event.job_id].notified
+    assert storage.job(event.job_id).notified
 
 
 @pytest.fixture
@@ -145,13 +148,13 @@ def strict_auth(infra: Infra) -> Iterator[auth_pb2_grpc.AuthServiceStub]:
 
 
 def test_link_stops_working_when_it_expires(
-    fake_jobs: FakeJobServer,
+    storage: FaultyStorage,
     user: auth_pb2.User,
     scripted_smtp: ScriptedSmtp,
     strict_auth: auth_pb2_grpc.AuthServiceStub,
 ) -> None:
-    notifier = make_notifier(fake_jobs, strict_auth, scripted_smtp.port, ttl=2)
-    assert notifier.handle(delivery(succeeded(fake_jobs, user))) is Outcome.ACK
+    notifier = make_notifier(storage, strict_auth, scripted_smtp.port, ttl=2)
+    assert notifier.handle(delivery(succeeded(storage, user))) is Outcome.ACK
     _, fid, token = link_of(scripted_smtp.handler.received[0])
     request = auth_pb2.ValidateDownloadTokenRequest(download_token=token, file_id=fid)
     assert strict_auth.ValidateDownloadToken(request, timeout=T).file_id == fid
@@ -162,9 +165,9 @@ def test_link_stops_working_when_it_expires(
 
 
 def test_duplicates_send_one_mail(
-    notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
-    event = succeeded(fake_jobs, user)
+    event = succeeded(storage, user)
     outcomes: list[Outcome] = []
     threads = [
         threading.Thread(target=lambda: outcomes.append(notifier.handle(delivery(event)))) for _ in range(6)
@@ -176,42 +179,38 @@ def test_duplicates_send_one_mail(
     assert notifier.handle(delivery(event, attempt=3)) is Outcome.ACK
     assert outcomes == [Outcome.ACK] * 6
     assert len(scripted_smtp.handler.received) == 1
-    assert fake_jobs.jobs.mark_calls == 1
+    assert storage.calls["MarkNotified"] == 1
 
 
 def test_mark_failing_after_send_never_sends_twice(
-    notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
-    event = succeeded(fake_jobs, user)
-    fake_jobs.jobs.fail_marks = 10
+    event = succeeded(storage, user)
+    storage.fail_next["MarkNotified"] = 10
     with pytest.raises(TransientError):
         notifier.handle(delivery(event))
     assert len(scripted_smtp.handler.received) == 1
-    fake_jobs.jobs.fail_marks = 0
+    storage.fail_next["MarkNotified"] = 0
     assert notifier.handle(delivery(event, attempt=2)) is Outcome.ACK
     assert len(scripted_smtp.handler.received) == 1
-    assert fake_jobs.jobs.jobs[event.job_id].notified
+    assert storage.job(event.job_id).notified
 
 
 def test_storage_down_is_transient_and_sends_nothing(
-    notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
-    event = succeeded(fake_jobs, user)
-    fake_jobs.jobs.unavailable = True
+    event = succeeded(storage, user)
+    storage.faults["GetJob"] = storage.faults["MarkNotified"] = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(TransientError):
         notifier.handle(delivery(event))
     assert scripted_smtp.handler.received == []
 
 
 def test_failure_mail_says_why(
-    notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
-    job = fake_jobs.jobs.add(
-        owner_id=user.id,
-        owner_email=user.email,
-        filename="silent.mp4",
-        state=jobs_pb2.JOB_STATE_FAILED,
-        failure_reason="the video has no sound track",
+    job = storage.job_in_state(
+        jobs_pb2.JOB_STATE_FAILED, user.id, user.email, "silent.mp4", reason="the video has no sound track"
     )
     event = events_pb2.ConversionFailed(
         job_id=job.id, owner_id=user.id, owner_email=user.email, filename="silent.mp4", reason=""
@@ -224,13 +223,13 @@ def test_failure_mail_says_why(
 
 
 def test_smtp_4xx_retries_and_5xx_parks(
-    notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
     with pytest.raises(TransientError):
-        notifier.handle(delivery(succeeded(fake_jobs, user, owner_email="rcpt451@example.com")))
-    refused = succeeded(fake_jobs, user, owner_email="rcpt550@example.com")
+        notifier.handle(delivery(succeeded(storage, user, owner_email="rcpt451@example.com")))
+    refused = succeeded(storage, user, owner_email="rcpt550@example.com")
     assert notifier.handle(delivery(refused)) is Outcome.DEAD
-    assert not fake_jobs.jobs.jobs[refused.job_id].notified
+    assert not storage.job(refused.job_id).notified
     assert scripted_smtp.handler.received == []
 
 
@@ -238,26 +237,26 @@ def test_smtp_4xx_retries_and_5xx_parks(
     "case", ["unknown type", "garbage", "no job", "bad address", "owner mismatch", "job failed", "converting"]
 )
 def test_messages_that_cannot_be_handled(
-    case: str, notifier: Notifier, fake_jobs: FakeJobServer, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
+    case: str, notifier: Notifier, storage: FaultyStorage, user: auth_pb2.User, scripted_smtp: ScriptedSmtp
 ) -> None:
     expected = Outcome.DEAD
     if case == "unknown type":
-        d = delivery(succeeded(fake_jobs, user), type_="video2mp3.events.v1.Nope")
+        d = delivery(succeeded(storage, user), type_="video2mp3.events.v1.Nope")
     elif case == "garbage":
-        d = delivery(succeeded(fake_jobs, user))
+        d = delivery(succeeded(storage, user))
         d.body = b"\xff\xff\xff not protobuf"
     elif case == "no job":
         d = delivery(events_pb2.ConversionSucceeded(job_id="nope", mp3_id="m", owner_id=user.id))
     elif case == "bad address":
-        d = delivery(succeeded(fake_jobs, user, owner_email="a@b.com\r\nBcc: c@d.com"))
+        d = delivery(succeeded(storage, user, owner_email="a@b.com\r\nBcc: c@d.com"))
     elif case == "owner mismatch":
-        event = succeeded(fake_jobs, user)
+        event = succeeded(storage, user)
         event.owner_id = "999999"
         d = delivery(event)
     elif case == "job failed":
-        d = delivery(succeeded(fake_jobs, user, state=jobs_pb2.JOB_STATE_FAILED))
+        d = delivery(succeeded(storage, user, state=jobs_pb2.JOB_STATE_FAILED))
     else:
-        d = delivery(succeeded(fake_jobs, user, state=jobs_pb2.JOB_STATE_CONVERTING))
+        d = delivery(succeeded(storage, user, state=jobs_pb2.JOB_STATE_CONVERTING))
         with pytest.raises(TransientError):
             notifier.handle(d)
         return

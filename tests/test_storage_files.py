@@ -20,8 +20,8 @@ from common.file_streams import UploadStream
 from storage.files import clean_filename
 from storage.gridwriter import GridWriter
 from storage.mongo import chunk_id
+from testing.processes import wait_for
 from tests.fixtures.storage import MIB, StorageHandle, sha256
-from tests.support import wait_for
 
 VIDEOS = storage_pb2.BUCKET_VIDEOS
 MP3S = storage_pb2.BUCKET_MP3S

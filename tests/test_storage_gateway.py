@@ -23,10 +23,10 @@ from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.events.v1 import events_pb2
 from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
-from tests.fixtures.infra import Infra
+from testing.infra import Infra
+from testing.processes import ServiceProcess, free_port, wait_for
 from tests.fixtures.storage import MIB, StorageHandle, sha256
 from tests.fixtures.storage_gateway import MediaUser
-from tests.support import ServiceProcess, free_port, wait_for
 
 MP3S = storage_pb2.BUCKET_MP3S
 

@@ -16,9 +16,9 @@ from video2mp3.storage.v1 import jobs_pb2, storage_pb2
 
 from common.config import SettingsError
 from storage.settings import Settings
-from tests.fixtures.infra import Infra
+from testing.infra import Infra
+from testing.processes import ROOT, ServiceProcess, free_port, python_module, wait_for
 from tests.fixtures.storage import StorageHandle
-from tests.support import ROOT, ServiceProcess, free_port, python_module, wait_for
 
 GRPCURL = str(ROOT / ".venv/bin/grpcurl")
 

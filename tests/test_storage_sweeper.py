@@ -22,9 +22,9 @@ from storage.jobstore import JobStore
 from storage.mongo import Mongo
 from storage.settings import SweeperSettings
 from storage.sweeper import Sweeper
-from tests.fixtures.infra import Infra
+from testing.infra import Infra
+from testing.processes import ServiceProcess, free_port, python_module, wait_for
 from tests.fixtures.storage import StorageHandle
-from tests.support import ServiceProcess, free_port, python_module, wait_for
 from tests.test_storage_jobs import new_job
 
 MP3S = storage_pb2.BUCKET_MP3S

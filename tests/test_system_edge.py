@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.infra import Infra, SmtpSink
+from testing.infra import Infra, SmtpSink
+from testing.media import MediaSpec, make_media
 from tests.fixtures.system import System, grpc_serving, http_ok
-from tests.media import MediaSpec, make_media
 
 PASSWORD = "correct horse battery staple"
 

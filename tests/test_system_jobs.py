@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from testing.infra import Infra, SmtpSink
+from testing.media import MediaSpec, make_media
+from testing.processes import wait_for
 from tests.fixtures.auth import unique_email
-from tests.fixtures.infra import Infra, SmtpSink
 from tests.fixtures.system import System
-from tests.media import MediaSpec, make_media
-from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 PASSWORD = "correct horse battery staple"

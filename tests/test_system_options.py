@@ -14,9 +14,9 @@ import pytest
 from mutagen.id3 import ID3
 from mutagen.mp3 import BitrateMode
 
-from tests.fixtures.infra import Infra, SmtpSink
+from testing.infra import Infra, SmtpSink
+from testing.media import COVER_SIZE, audio_duration, make_media
 from tests.fixtures.system import HttpResult, System
-from tests.media import COVER_SIZE, audio_duration, make_media
 from tests.test_converter_options import FRAME, RICH, ffprobe, loudness, mp3_info
 
 pytestmark = pytest.mark.timeout(600)

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from converter.spool import ROOT_NAME
-from tests.fixtures.infra import Infra, SmtpSink
+from testing.infra import Infra, SmtpSink
+from testing.media import MediaSpec, make_media, random_file
+from testing.processes import wait_for
 from tests.fixtures.system import RELIABILITY as LEDGER
 from tests.fixtures.system import PrivateRabbit, System
-from tests.media import MediaSpec, make_media, random_file
-from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from common.grpc_tls import GrpcTls
-from tests.fixtures.infra import Infra, SmtpSink
-from tests.support import ROOT, port_open
+from testing.infra import Infra, SmtpSink
+from testing.processes import ROOT, port_open
 from tests.walkthrough import run_walkthrough, system_env
 
 pytestmark = pytest.mark.timeout(600)
@@ -114,7 +114,7 @@ def test_a_crashed_service_is_restarted(upped: dict[str, str]) -> None:
     """kill -9 of auth: it comes back on its own (issue 19 item 9; honcho alone stopped
     everything), and the other services keep running meanwhile."""
     from dev.wait_healthy import grpc_serving, http_ok
-    from tests.support import wait_for
+    from testing.processes import wait_for
 
     auth_address, gateway = upped["AUTH_SVC_ADDRESS"], upped["PUBLIC_BASE_URL"]
     operator = GrpcTls.load(upped["GRPC_TLS_DIR"], "operator")

@@ -12,9 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.fixtures.infra import Infra, SmtpSink
-from tests.media import audio_duration
-from tests.support import ROOT, free_port
+from testing.infra import Infra, SmtpSink
+from testing.media import audio_duration
+from testing.processes import ROOT, free_port
 
 PORT_SETTINGS = (
     "GATEWAY_PORT",

@@ -243,7 +243,7 @@ def random_file(path: Path, size: int = 64 * 1024, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    """``python -m tests.media OUT [--duration S]``: write a small test video (H.264/AAC MP4
+    """``python -m testing.media OUT [--duration S]``: write a small test video (H.264/AAC MP4
     unless the suffix names another container)."""
     import argparse
 
