@@ -16,7 +16,7 @@ from bson import ObjectId
 from gridfs import GridOut
 from video2mp3.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from storage.gridwriter import GridWriter
+from storage.gridwriter import GridWriter, OrphanedUpload
 from storage.lifecycle import SUCCEEDED, TERMINAL
 from storage.mongo import Mongo, chunk_id, now
 from storage.rpc import parse_id, timestamp, unavailable_on_mongo_error
@@ -130,6 +130,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 filename,
                 metadata,
                 chunk_size=self.settings.chunk_bytes,
+                uploads=self.mongo.uploads,
             )
             size = self._receive(grid_in, metadata, request_iterator, context)
             info = storage_pb2.FileInfo(
@@ -195,6 +196,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         except grpc.RpcError:
             # The request stream broke: the client cancelled, failed or hit its deadline.
             context.abort(grpc.StatusCode.CANCELLED, "the upload was cancelled")
+            raise
+        except OrphanedUpload:
+            context.abort(grpc.StatusCode.ABORTED, "the upload stalled for too long and was discarded")
             raise
         finally:
             if not committed:

@@ -8,6 +8,14 @@ own, so receiving and writing overlap). The file document (which makes the file 
 is written last, so an unfinished upload is never readable; ``abort`` removes
 the chunks already written.
 
+A writer given an ``uploads`` collection keeps a marker there while it writes
+(``{_id: file id, chunks: collection, touched_at}``, refreshed with every batch). A storage
+process killed mid-upload leaves its marker behind, and the sweeper (storage/sweeper.py)
+removes the chunks of markers left untouched for ``ORPHAN_UPLOAD_GRACE_SECONDS``. Whoever
+deletes the marker (``delete_one`` counts exactly, on FerretDB too) owns the file: ``close``
+writes the file document only if it deleted its marker itself, so a file whose chunks a
+sweeper took never becomes visible.
+
 Each chunk's ``_id`` is made from the file's id and the chunk's number (``chunk_id``), so a
 chunk can be read or removed by ``_id`` alone. GridFS readers look chunks up by
 ``files_id`` and ``n`` and never by ``_id``, so the files stay ordinary GridFS files; but a
@@ -31,6 +39,10 @@ IN_FLIGHT = 2  # batches handed to the writing threads and not yet written
 WRITERS = 2  # threads writing batches at once (the server decodes them in parallel)
 
 
+class OrphanedUpload(Exception):
+    """The sweeper took this upload for abandoned and removed its chunks."""
+
+
 class GridWriter:
     """One file being written. The database writes run on ``WRITERS`` threads of their own,
     at most ``IN_FLIGHT`` batches behind ``write``: receiving the next bytes overlaps
@@ -46,8 +58,10 @@ class GridWriter:
         metadata: dict[str, Any],
         chunk_size: int,
         batch_bytes: int = 1024 * 1024,
+        uploads: Collection | None = None,
     ) -> None:
         self.files = files
+        self.uploads = uploads
         self.chunks = chunks
         self.filename = filename
         self.metadata = metadata
@@ -64,6 +78,8 @@ class GridWriter:
         self._writers: list[threading.Thread] = []
         self._error: BaseException | None = None
         self._aborting = False
+        if uploads is not None:
+            uploads.insert_one({"_id": self.id, "chunks": chunks.name, "touched_at": now()})
 
     def write(self, data: bytes) -> None:
         self._raise_if_failed()
@@ -87,6 +103,8 @@ class GridWriter:
         self._flush()
         self._stop_writers()
         self._raise_if_failed()
+        if self.uploads is not None and self.uploads.delete_one({"_id": self.id}).deleted_count != 1:
+            raise OrphanedUpload(f"upload {self.id} was left untouched too long and its chunks removed")
         self.upload_date = now()
         self.files.insert_one(
             {
@@ -107,6 +125,8 @@ class GridWriter:
         self._stop_writers()
         for n in range(self._n):
             self.chunks.delete_one({"_id": chunk_id(self.id, n)})
+        if self.uploads is not None:
+            self.uploads.delete_one({"_id": self.id})
 
     def _add(self, data: bytes) -> None:
         self._pending.append(
@@ -125,6 +145,8 @@ class GridWriter:
             ]
             for writer in self._writers:
                 writer.start()
+        if self.uploads is not None:
+            self.uploads.update_one({"_id": self.id}, {"$set": {"touched_at": now()}})
         self._batches.put(self._pending)  # waits while IN_FLIGHT batches are not written yet
         self._pending = []
         self._pending_bytes = 0

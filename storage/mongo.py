@@ -44,6 +44,8 @@ class Mongo:
             storage_pb2.BUCKET_MP3S: settings.mp3_bucket,
         }
         self.jobs = self.db[settings.jobs_collection]
+        # Uploads being written (storage/gridwriter.py): what a crashed storage leaves is found here.
+        self.uploads = self.db[f"{settings.jobs_collection}.uploads"]
         self._indexes_ready = False
         self._indexes_lock = threading.Lock()
 
@@ -69,6 +71,7 @@ class Mongo:
                 leases = self.db[f"{settings_jobs(self)}.leases"]
                 leases.create_index([("name", 1), ("gen", -1)], name="name_gen")
                 self.db[f"{settings_jobs(self)}.claims"].create_index([("job_id", 1)], name="job")
+                self.uploads.create_index([("touched_at", 1)], name="touched")
                 for bucket in self.buckets:
                     files, chunks = self.files(bucket), self.chunks(bucket)
                     chunks.create_index([("files_id", 1), ("n", 1)], unique=True, name="files_id_1_n_1")

@@ -85,6 +85,9 @@ class SweeperSettings(EnvSettings):
     # Queued this long (or converting without a live converter): published again.
     requeue_after_seconds: float = setting("REQUEUE_AFTER_SECONDS", 300.0, check=POSITIVE)
     health_port: int = setting("SWEEPER_HEALTH_PORT", 0, check=PORT)  # 0: no HTTP health endpoint
+    # An upload whose writer has not written for this long is taken for one a crashed storage
+    # left behind: its chunks are removed (storage/gridwriter.py).
+    orphan_upload_grace_seconds: float = setting("ORPHAN_UPLOAD_GRACE_SECONDS", 900.0, check=POSITIVE)
 
     def storage(self) -> Settings:
         """The storage settings its code (storage.mongo, storage.jobstore) works with."""

@@ -11,6 +11,8 @@ after three intervals) and, while holding it, runs one pass:
   publish a job once; the converter's ClaimJob takes the job over from a dead converter.
 * MP3s past their ``expires_at`` (``MP3_RETENTION_DAYS`` after success) are removed and
   their jobs marked ``expired``; a download then answers 410 Gone.
+* chunks of uploads that a storage process killed mid-upload left behind (their marker in
+  the uploads collection untouched for ``ORPHAN_UPLOAD_GRACE_SECONDS``) are removed;
 * videos of succeeded jobs are removed (unless ``KEEP_VIDEOS``: storage removes them when
   the MP3 is stored; this catches a crash in between), videos of failed and cancelled jobs
   ``VIDEO_RETENTION_HOURS`` after they finished.
@@ -56,6 +58,7 @@ class Pass:
     requeued: int = 0
     expired: int = 0
     videos: int = 0
+    orphans: int = 0
 
 
 class Sweeper:
@@ -75,9 +78,16 @@ class Sweeper:
         done.requeued = self._requeue()
         done.expired = self._expire()
         done.videos = self._videos()
-        if done.requeued or done.expired or done.videos:
+        done.orphans = self._orphans()
+        if done.requeued or done.expired or done.videos or done.orphans:
             log.info(
-                "sweep", extra={"requeued": done.requeued, "expired": done.expired, "videos": done.videos}
+                "sweep",
+                extra={
+                    "requeued": done.requeued,
+                    "expired": done.expired,
+                    "videos": done.videos,
+                    "orphan_uploads": done.orphans,
+                },
             )
         return done
 
@@ -132,6 +142,20 @@ class Sweeper:
             for doc in list(self.store.jobs.find(query).limit(BATCH)):
                 self.store.remove_video(doc)
                 removed += 1
+        return removed
+
+    def _orphans(self) -> int:
+        """Remove the chunks of uploads whose writer is gone (see storage/gridwriter.py)."""
+        uploads = self.store.mongo.uploads
+        cutoff = now() - timedelta(seconds=self.settings.orphan_upload_grace_seconds)
+        removed = 0
+        for doc in list(uploads.find({"touched_at": {"$lt": cutoff}}).limit(BATCH)):
+            # Deleting the marker decides: its writer can no longer commit the file.
+            if uploads.delete_one({"_id": doc["_id"], "touched_at": doc["touched_at"]}).deleted_count != 1:
+                continue
+            chunks = self.store.mongo.db[doc["chunks"]].delete_many({"files_id": doc["_id"]}).deleted_count
+            removed += 1
+            log.info("removed an abandoned upload", extra={"file_id": str(doc["_id"]), "chunks": chunks})
         return removed
 
     def run(self) -> None:

@@ -5,6 +5,8 @@ configured."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +16,7 @@ import grpc
 import pytest
 from bson import ObjectId
 from video2mp3.events.v1 import events_pb2
-from video2mp3.storage.v1 import jobs_pb2, storage_pb2
+from video2mp3.storage.v1 import jobs_pb2, storage_pb2, storage_pb2_grpc
 
 from common.amqp import Publisher
 from dev.wait_healthy import http_ok
@@ -110,10 +112,14 @@ def test_two_sweeper_replicas_publish_a_stuck_job_once(
 
 
 def _sweeper(storage: StorageHandle, **env: str) -> Sweeper:
+    return _sweeper_on(storage.settings.mongo_uri, storage.settings.mongo_db, **env)
+
+
+def _sweeper_on(mongo_uri: str, mongo_db: str, **env: str) -> Sweeper:
     settings = SweeperSettings.from_env(
         {
-            "MONGO_URI": storage.settings.mongo_uri,
-            "MONGO_DB": storage.settings.mongo_db,
+            "MONGO_URI": mongo_uri,
+            "MONGO_DB": mongo_db,
             "RABBITMQ_URL": "amqp://unused",
             **env,
         }
@@ -199,3 +205,70 @@ def test_a_converting_job_whose_converter_died_is_published_again_once(
         publisher.close()
         connection.close()
         requested_for(infra, dead.id, "video")
+
+
+def test_storage_killed_mid_upload_leaves_chunks_the_sweeper_removes(infra: Infra, tmp_path: Path) -> None:
+    db_name = f"{infra.mongo_db}_orphans{time.monotonic_ns()}"
+    port = free_port()
+    storage = ServiceProcess(
+        "storage",
+        python_module("storage"),
+        infra.service_env(STORAGE_PORT=str(port), MONGO_DB=db_name, STORAGE_CHUNK_BYTES=str(256 * 1024)),
+        tmp_path,
+    ).start()
+    channel = infra.channel(f"127.0.0.1:{port}", "gateway")
+    mongo = infra.mongo()
+    db = mongo[db_name]
+    sent_enough = threading.Event()
+    hold = threading.Event()
+
+    def stream() -> Iterator[storage_pb2.UploadRequest]:
+        yield storage_pb2.UploadRequest(
+            header=storage_pb2.UploadHeader(
+                bucket=storage_pb2.BUCKET_VIDEOS, filename="big.mp4", content_type="video/mp4", owner_id="u1"
+            )
+        )
+        for _ in range(16):  # 4 MiB: several batches reach the database
+            yield storage_pb2.UploadRequest(chunk=os.urandom(256 * 1024))
+        sent_enough.set()
+        hold.wait(60)  # the rest never comes: storage is killed meanwhile
+
+    try:
+        wait_for(lambda: channel_ready(channel), 60, what="storage serving")
+        call = storage_pb2_grpc.StorageServiceStub(channel).Upload.future(stream(), timeout=60)
+        assert sent_enough.wait(30)
+        wait_for(lambda: db["videos.chunks"].count_documents({}) >= 8, 30, what="chunks written")
+        storage.signal(signal.SIGKILL)
+        storage.proc.wait(10)  # type: ignore[union-attr]
+        hold.set()
+        with pytest.raises(grpc.RpcError):
+            call.result()
+        left = db["videos.chunks"].count_documents({})
+        assert left >= 8 and db["videos.files"].count_documents({}) == 0
+        [marker] = list(db["jobs.uploads"].find())
+
+        patient = _sweeper_on(infra.mongo_uri, db_name, ORPHAN_UPLOAD_GRACE_SECONDS="3600")
+        patient.sweep_once()
+        assert db["videos.chunks"].count_documents({}) == left  # within the grace period: kept
+        db["jobs.uploads"].update_one(
+            {"_id": marker["_id"]}, {"$set": {"touched_at": datetime.now(UTC) - timedelta(hours=2)}}
+        )
+        patient.store.leases.release("sweeper", patient.holder)
+        done = patient.sweep_once()
+        assert done is not None and done.orphans == 1
+        assert db["videos.chunks"].count_documents({}) == 0
+        assert db["jobs.uploads"].count_documents({}) == 0
+    finally:
+        hold.set()
+        channel.close()
+        storage.stop()
+        mongo.drop_database(db_name)
+        mongo.close()
+
+
+def channel_ready(channel: grpc.Channel) -> bool:
+    try:
+        grpc.channel_ready_future(channel).result(timeout=1)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
