@@ -50,11 +50,12 @@ COPY auth/ auth/
 COPY storage/ storage/
 COPY converter/ converter/
 COPY notifier/ notifier/
-# pip and setuptools have done their work: the runtime image does not carry them.
+# pip and setuptools have done their work: the runtime image does not carry them (nor gevent's tests).
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && pip install --no-deps . \
- && pip uninstall --yes pip setuptools
+ && pip uninstall --yes pip setuptools \
+ && rm -rf /opt/venv/lib/python3.11/site-packages/gevent/tests
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
