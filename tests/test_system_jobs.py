@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from testing.infra import Infra, SmtpSink
+from testing.infra import Infra
 from testing.media import MediaSpec, make_media
 from testing.processes import wait_for
 from tests.fixtures.auth import unique_email
-from tests.fixtures.system import System
+from tests.fixtures.system import System, running_system
 
 pytestmark = pytest.mark.timeout(600)
 PASSWORD = "correct horse battery staple"
@@ -28,24 +28,17 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture(scope="module")
 def slow_system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """One converter that takes about half a second per second of sound."""
-    work = tmp_path_factory.mktemp("system-jobs")
-    sink = SmtpSink(work)
-    sink.start()
-    srv = System(infra=infra, sink=sink, log_dir=work)
-    try:
+
+    def start(srv: System) -> None:
         srv.start_auth()
         srv.start_storage()
         srv.start_gateway()
         srv.start_converter(1, CONVERTER_TEST_SLOWDOWN="0.5")
         srv.start_notifier()
         srv.start_sweeper()
+
+    with running_system(infra, tmp_path_factory.mktemp("system-jobs"), start) as srv:
         yield srv
-    except BaseException:
-        print(srv.logs())
-        raise
-    finally:
-        srv.stop_all()
-        sink.stop()
 
 
 class Stream:

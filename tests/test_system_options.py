@@ -14,9 +14,9 @@ import pytest
 from mutagen.id3 import ID3
 from mutagen.mp3 import BitrateMode
 
-from testing.infra import Infra, SmtpSink
+from testing.infra import Infra
 from testing.media import COVER_SIZE, audio_duration, make_media
-from tests.fixtures.system import HttpResult, System
+from tests.fixtures.system import HttpResult, System, running_system
 from tests.test_converter_options import FRAME, RICH, ffprobe, loudness, mp3_info
 
 pytestmark = pytest.mark.timeout(600)
@@ -25,23 +25,15 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def options_system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, str]]:
-    work = tmp_path_factory.mktemp("options")
-    sink = SmtpSink(work)
-    sink.start()
-    srv = System(infra=infra, sink=sink, log_dir=work)
-    try:
+    def start(srv: System) -> None:
         srv.start_auth()
         srv.start_storage()
         srv.start_gateway()
         srv.start_converter()
         assert srv.register("options@example.com", PASSWORD).status == 201
+
+    with running_system(infra, tmp_path_factory.mktemp("options"), start) as srv:
         yield srv, srv.login("options@example.com", PASSWORD)
-    except BaseException:
-        print(srv.logs())
-        raise
-    finally:
-        srv.stop_all()
-        sink.stop()
 
 
 @pytest.fixture(scope="module")

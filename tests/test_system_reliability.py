@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from converter.spool import ROOT_NAME
-from testing.infra import Infra, SmtpSink
+from testing.infra import Infra
 from testing.media import MediaSpec, make_media, random_file
 from testing.processes import wait_for
 from tests.fixtures.system import RELIABILITY as LEDGER
-from tests.fixtures.system import PrivateRabbit, System
+from tests.fixtures.system import PrivateRabbit, System, running_system
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -47,36 +47,24 @@ def rabbit(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 @pytest.fixture(scope="module")
 def system(infra: Infra, rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     work = tmp_path_factory.mktemp("reliability")
-    sink = SmtpSink(work)
-    sink.start()
-    srv = System(
-        infra=infra,
-        sink=sink,
-        log_dir=work,
-        extra_env={
-            "RABBITMQ_URL": rabbit.url,
-            # Quick retries so outages of a few seconds heal within the test's time.
-            "CONVERTER_RETRY_BASE_SECONDS": "0.5",
-            "CONVERTER_RETRY_MAX_SECONDS": "4",
-            "CONVERTER_MAX_ATTEMPTS": "12",
-            "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
-            "NOTIFIER_RETRY_MAX_SECONDS": "4",
-            "NOTIFIER_MAX_ATTEMPTS": "12",
-            "SWEEP_INTERVAL_SECONDS": "2",
-            "REQUEUE_AFTER_SECONDS": "10",
-            # The converters' spool, so the test can see what a killed one leaves behind.
-            "TMP_DIR": str(work / "tmp"),
-        },
-    )
+    faster_retries = {
+        "RABBITMQ_URL": rabbit.url,
+        # Quick retries so outages of a few seconds heal within the test's time.
+        "CONVERTER_RETRY_BASE_SECONDS": "0.5",
+        "CONVERTER_RETRY_MAX_SECONDS": "4",
+        "CONVERTER_MAX_ATTEMPTS": "12",
+        "NOTIFIER_RETRY_BASE_SECONDS": "0.5",
+        "NOTIFIER_RETRY_MAX_SECONDS": "4",
+        "NOTIFIER_MAX_ATTEMPTS": "12",
+        "SWEEP_INTERVAL_SECONDS": "2",
+        "REQUEUE_AFTER_SECONDS": "10",
+        # The converters' spool, so the test can see what a killed one leaves behind.
+        "TMP_DIR": str(work / "tmp"),
+    }
     try:
-        srv.start_all(converters=2)
-        yield srv
-    except BaseException:
-        print(srv.logs())
-        raise
+        with running_system(infra, work, lambda srv: srv.start_all(converters=2), faster_retries) as srv:
+            yield srv
     finally:
-        srv.stop_all()
-        sink.stop()
         print(LEDGER.summary())
 
 

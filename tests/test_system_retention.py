@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from bson import ObjectId
 
-from testing.infra import Infra, SmtpSink
+from testing.infra import Infra
 from testing.media import MediaSpec, make_media, random_file
 from testing.processes import wait_for
 from tests.fixtures.auth import unique_email
-from tests.fixtures.system import System
+from tests.fixtures.system import System, running_system
 
 pytestmark = pytest.mark.timeout(300)
 PASSWORD = "correct horse battery staple"
@@ -26,33 +26,21 @@ VIDEO_RETENTION_SECONDS = 6.0
 
 @pytest.fixture(scope="module")
 def system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    work = tmp_path_factory.mktemp("system-retention")
-    sink = SmtpSink(work)
-    sink.start()
-    srv = System(
-        infra=infra,
-        sink=sink,
-        log_dir=work,
-        extra_env={
-            "MP3_RETENTION_DAYS": str(MP3_RETENTION_SECONDS / 86400),
-            "VIDEO_RETENTION_HOURS": str(VIDEO_RETENTION_SECONDS / 3600),
-            "SWEEP_INTERVAL_SECONDS": "1",
-        },
-    )
-    try:
+    def start(srv: System) -> None:
         srv.start_auth()
         srv.start_storage()
         srv.start_gateway()
         srv.start_converter(1)
         srv.start_notifier()
         srv.start_sweeper()
+
+    short_retention = {
+        "MP3_RETENTION_DAYS": str(MP3_RETENTION_SECONDS / 86400),
+        "VIDEO_RETENTION_HOURS": str(VIDEO_RETENTION_SECONDS / 3600),
+        "SWEEP_INTERVAL_SECONDS": "1",
+    }
+    with running_system(infra, tmp_path_factory.mktemp("system-retention"), start, short_retention) as srv:
         yield srv
-    except BaseException:
-        print(srv.logs())
-        raise
-    finally:
-        srv.stop_all()
-        sink.stop()
 
 
 def gridfs_count(system: System, bucket: str, file_id: str) -> tuple[int, int]:
