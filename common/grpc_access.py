@@ -60,8 +60,16 @@ class AccessInterceptor(grpc.ServerInterceptor):
 
             return call
 
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return handler._replace(**{kind: guarded(behavior)})
-        return handler
+        return wrap_behavior(handler, guarded)
+
+
+def wrap_behavior(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    """The handler with its one behaviour (unary or streaming, whichever it has) replaced by
+    ``wrap(behaviour)``: how a server interceptor puts code around a method's servicer."""
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return handler._replace(**{kind: wrap(behavior)})
+    return handler

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.grpc_access import AccessInterceptor
+from common.grpc_access import AccessInterceptor, wrap_behavior
 from common.grpc_client import REQUEST_ID_HEADER
 from common.grpc_permissions import PERMISSIONS, Table
 from common.grpc_tls import GrpcTls
@@ -110,15 +110,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
             return call
 
-        if handler.unary_unary:
-            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
-        return handler
+        return wrap_behavior(handler, wrap_stream if handler.response_streaming else wrap_unary)
 
 
 @dataclass
